@@ -1,0 +1,29 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# torch 2.13.0 is installed first, on its own, so that pip takes the CPU wheel and never pulls a CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-slow bench clean
+
+$(BIN)/planner: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/planner
+
+demo: install
+	$(BIN)/planner generate digits-unet --n 20 --out demo-grid.png
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .planner-cache demo-grid.png
