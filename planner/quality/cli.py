@@ -1,0 +1,170 @@
+"""`planner evaluate`: does a candidate keep the quality budget against the model's baseline?
+
+    planner evaluate MODEL (--plan PLAN | --candidate-steps K) --budget EXPR [--samples N] [--seed S]
+                     [--features inception|digits|PATH] [--reference DIR] [--steps K] [--sampler NAME]
+
+Prints one row per clause (metric, baseline, candidate, measured quantity, CI, N, verdicts) and exits
+0 when the budget holds, 1 when it does not, 2 on bad input or when a clause cannot be evaluated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from planner.errors import PlannerError
+
+DEFAULT_SAMPLES = 500
+DEFAULT_STEPS = 50
+SAMPLERS = ("ddim", "ddpm", "euler", "dpm", "keep")
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate", help="check a candidate against the baseline under a quality budget",
+        description="Generate baseline and candidate images on the same conditions and seeds, measure the "
+                    "budget's metrics with bootstrap CIs, and exit 0 when the budget holds, 1 when not.")
+    p.add_argument("model", metavar="MODEL", help="built-in name (digits-unet, digits-dit), diffusers folder or hub id")
+    cand = p.add_mutually_exclusive_group()
+    cand.add_argument("--plan", metavar="PLAN", help="a plan file to apply to the model (the candidate)")
+    cand.add_argument("--candidate-steps", type=int, metavar="K",
+                      help="the candidate is the baseline sampler with K steps (no plan needed)")
+    p.add_argument("--budget", required=True, metavar="EXPR",
+                   help="comma-joined clauses that must all hold, e.g. 'fid+2,acc-1' or 'psnr>=30,ssim>=0.9'")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
+                   help=f"samples per side (default {DEFAULT_SAMPLES})")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="first seed; samples use S..S+N-1 (default 0)")
+    p.add_argument("--features", default=None, metavar="inception|digits|PATH",
+                   help="FID/KID features (default: digits for the demo models and 1-channel images, else inception)")
+    p.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="folder of reference images for FID/KID (default: held-out digits for the demo models, "
+                        "else the baseline's outputs on disjoint seeds)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="K",
+                   help=f"baseline sampling steps (default {DEFAULT_STEPS})")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="scheduler for baseline and candidate (default ddim; keep = the pipeline's own)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--boot", type=int, default=200, metavar="B", help="bootstrap replicates (default 200)")
+    p.add_argument("--verdict", choices=("conservative", "point"), default="conservative",
+                   help="exit 0 only when every clause holds at its CI's unfavourable end (conservative, "
+                        "default) or at the measured value (point)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write .planner-cache/ ($PLANNER_CACHE)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the evaluation as JSON")
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def set_sampler(pipe, name: str) -> None:
+    if name == "keep":
+        return
+    import diffusers
+
+    cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler,
+           "euler": diffusers.EulerDiscreteScheduler, "dpm": diffusers.DPMSolverMultistepScheduler}[name]
+    if not isinstance(pipe.scheduler, cls):
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise PlannerError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _plan_candidate(args):
+    try:
+        import planner.runtime as runtime  # noqa: F401
+    except ImportError:
+        raise PlannerError("--plan needs the plan runtime (planner.runtime), which this installation lacks; "
+                           "use --candidate-steps K to evaluate a fewer-steps candidate") from None
+    apply = getattr(runtime, "apply_plan", None)
+    if apply is None:
+        raise PlannerError("--plan: planner.runtime has no apply_plan(pipe, plan_path); "
+                           "use --candidate-steps K") from None
+    return apply
+
+
+def cmd_evaluate(args) -> int:
+    from planner.quality.budget import parse_budget
+
+    budget = parse_budget(args.budget)
+    _positive("--samples", args.samples, 2)
+    _positive("--steps", args.steps)
+    _positive("--candidate-steps", args.candidate_steps)
+    _positive("--boot", args.boot, 0)
+    if args.plan is None and args.candidate_steps is None:
+        raise PlannerError("give the candidate: --plan PLAN or --candidate-steps K")
+    if args.plan is not None and not Path(args.plan).is_file():
+        raise PlannerError(f"--plan {args.plan}: no such file")
+    if args.reference is not None and not args.reference.is_dir():
+        raise PlannerError(f"--reference {args.reference}: not a folder of images")
+    apply_plan = _plan_candidate(args) if args.plan is not None else None
+
+    import torch
+
+    from planner.generation import default_request
+    from planner.models import load_pipeline
+    from planner.quality.evaluate import (REFERENCE_SEED_OFFSET, DiskCache, Evaluator, cached_features,
+                                          cached_generate, generation_key, resolve_reference)
+    from planner.quality.features import get_extractor
+
+    cache = None if args.no_cache else DiskCache()
+    pipe = load_pipeline(args.model)
+    set_sampler(pipe, args.sampler)
+    request = default_request(pipe, args.samples, args.seed)
+    gen = dict(guidance_scale=args.guidance, sampler=args.sampler, cache=cache)
+    print(f"planner: generating {args.samples} baseline images ({args.sampler}, {args.steps} steps)", file=sys.stderr)
+    baseline = cached_generate(pipe, request, steps=args.steps, **gen)
+    if apply_plan is not None:
+        candidate_pipe = apply_plan(pipe, args.plan)
+        candidate = cached_generate(candidate_pipe, request, steps=args.steps, **dict(gen, cache=None))
+    else:
+        print(f"planner: generating {args.samples} candidate images ({args.candidate_steps} steps)", file=sys.stderr)
+        candidate = cached_generate(pipe, request, steps=args.candidate_steps, **gen)
+
+    reference = extractor = base_feats = None
+    if budget.metrics & {"fid", "kid"}:
+        extractor = get_extractor(args.features, args.model, channels=baseline.shape[1])
+        ref_request = default_request(pipe, args.samples, args.seed + REFERENCE_SEED_OFFSET)
+        ref_key = generation_key(pipe, ref_request, args.steps, args.guidance, args.sampler)
+        reference = resolve_reference(
+            args.model, extractor, args.reference,
+            generate_reference=lambda: cached_generate(pipe, ref_request, steps=args.steps, **gen),
+            cache=cache, cache_key=dict(ref_key, kind="reference"))
+        base_key = generation_key(pipe, request, args.steps, args.guidance, args.sampler)
+        base_feats = cached_features(baseline, extractor, cache, base_key)
+    evaluator = Evaluator(budget, baseline, reference, extractor, list(request.conditions),
+                          n_boot=args.boot, seed=args.seed, baseline_features=base_feats)
+    result = evaluator.evaluate(candidate)
+    cand_label = f"plan {args.plan}" if args.plan else f"{args.candidate_steps} steps"
+    print(f"model {args.model}  baseline {args.steps} steps ({args.sampler})  candidate {cand_label}  "
+          f"N {args.samples}  seeds {args.seed}..{args.seed + args.samples - 1}")
+    if reference is not None:
+        print(f"reference: {reference.source}  features: {extractor.ident}")
+    print(result.table())
+    if args.json is not None:
+        args.json.write_text(json.dumps(dict(result.to_dict(), model=args.model), indent=2, default=str) + "\n")
+    if not result.available:
+        for message in result.unavailable_messages():
+            print(f"planner: error: {message}", file=sys.stderr)
+        return 2
+    holds = result.verdict(args.verdict)
+    print(f"budget {budget}: {'holds' if holds else 'does NOT hold'} ({args.verdict} verdict)")
+    return 0 if holds else 1
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (`python -m planner.quality.cli evaluate ...`) until planner/cli.py wires it."""
+    parser = argparse.ArgumentParser(prog="planner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_evaluate_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PlannerError as exc:
+        print(f"planner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
