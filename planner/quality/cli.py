@@ -40,11 +40,13 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, default=None, metavar="DIR",
                    help="folder of reference images for FID/KID (default: held-out digits for the demo models, "
                         "else the baseline's outputs on disjoint seeds)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="K",
-                   help=f"baseline sampling steps (default {DEFAULT_STEPS})")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                   help="scheduler for baseline and candidate (default ddim; keep = the pipeline's own)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--steps", type=int, default=None, metavar="K",
+                   help=f"baseline sampling steps (default: the plan's baseline steps, else {DEFAULT_STEPS})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="baseline scheduler (default: keep = the pipeline's own with --plan, as the search "
+                        "used; ddim with --candidate-steps)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale (default: the plan's, else the pipeline's)")
     p.add_argument("--boot", type=int, default=200, metavar="B", help="bootstrap replicates (default 200)")
     p.add_argument("--verdict", choices=("conservative", "point"), default="conservative",
                    help="exit 0 only when every clause holds at its CI's unfavourable end (conservative, "
@@ -71,17 +73,14 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
         raise PlannerError(f"{name} must be at least {minimum}, got {value}")
 
 
-def _plan_candidate(args):
+def _load_plan(path):
     try:
-        import planner.runtime as runtime  # noqa: F401
+        from planner.plan import load_plan
+        from planner.runtime import apply
     except ImportError:
         raise PlannerError("--plan needs the plan runtime (planner.runtime), which this installation lacks; "
                            "use --candidate-steps K to evaluate a fewer-steps candidate") from None
-    apply = getattr(runtime, "apply_plan", None)
-    if apply is None:
-        raise PlannerError("--plan: planner.runtime has no apply_plan(pipe, plan_path); "
-                           "use --candidate-steps K") from None
-    return apply
+    return load_plan(path), apply
 
 
 def cmd_evaluate(args) -> int:
@@ -98,7 +97,12 @@ def cmd_evaluate(args) -> int:
         raise PlannerError(f"--plan {args.plan}: no such file")
     if args.reference is not None and not args.reference.is_dir():
         raise PlannerError(f"--reference {args.reference}: not a folder of images")
-    apply_plan = _plan_candidate(args) if args.plan is not None else None
+    plan, apply_plan = _load_plan(args.plan) if args.plan is not None else (None, None)
+    if plan is not None:
+        args.steps = args.steps or plan.shapes.steps
+        args.guidance = args.guidance if args.guidance is not None else plan.shapes.guidance_scale
+    args.steps = args.steps or DEFAULT_STEPS
+    args.sampler = args.sampler or ("keep" if plan is not None else "ddim")
 
     import torch
 
@@ -116,8 +120,14 @@ def cmd_evaluate(args) -> int:
     print(f"planner: generating {args.samples} baseline images ({args.sampler}, {args.steps} steps)", file=sys.stderr)
     baseline = cached_generate(pipe, request, steps=args.steps, **gen)
     if apply_plan is not None:
-        candidate_pipe = apply_plan(pipe, args.plan)
-        candidate = cached_generate(candidate_pipe, request, steps=args.steps, **dict(gen, cache=None))
+        from planner.generation import generate
+
+        print(f"planner: generating {args.samples} candidate images (plan {args.plan})", file=sys.stderr)
+        handle = apply_plan(pipe, plan)
+        try:  # the plan's techniques set the candidate's own steps and sampler
+            candidate = generate(pipe, request, guidance_scale=args.guidance)
+        finally:
+            handle.remove()
     else:
         print(f"planner: generating {args.samples} candidate images ({args.candidate_steps} steps)", file=sys.stderr)
         candidate = cached_generate(pipe, request, steps=args.candidate_steps, **gen)
