@@ -1,0 +1,120 @@
+"""TeaCache (Liu et al. 2024) for transformer denoisers, calibrated from the profile.
+
+Indicator: the rel-L1 change, from the previous step, of the first block's timestep-modulated input (the
+output of its `norm1`, which is AdaLayerNormZero in DiT, SD3 and Flux; where `norm1` is not modulated, or
+absent, the first block's input). It is rescaled by the polynomial the profiler fitted from this
+indicator to the change of the model output (`coefficients`, highest degree first, `numpy.polyval`
+convention; no profile: identity), and accumulated. While the accumulated value stays below
+`threshold`, later blocks are skipped with their cached residuals; when it crosses, the step runs in full
+and the accumulator restarts. The first and last steps always run, and at most `max_skips` consecutive
+steps are skipped. `threshold = 0` never skips.
+
+Deviation from the paper: the first block itself runs on every step (its modulated input is observed
+with a forward hook while it runs, so no architecture-specific code recomputes the modulation); the saving
+is therefore (L-1)/L of the stack per skipped step.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from backends.caching.common import BlockReuseRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
+from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
+from planner.models import denoiser_of
+
+
+class TeaCacheConfig(TechniqueConfig):
+    type = "teacache"
+    version = 1
+    stage = STAGE_CACHE
+
+    threshold: float = Field(0.1, ge=0.0, le=10.0)
+    max_skips: int = Field(3, ge=1, le=100)
+    coefficients: list[float] | None = Field(None, min_length=1, max_length=8)
+
+
+def modulated_input_module(denoiser):
+    """The module whose output is the first block's timestep-modulated input (or None)."""
+    blocks = transformer_blocks(denoiser)
+    return getattr(blocks[0][1], "norm1", None) if blocks else None
+
+
+class _TeaCache(BlockReuseRuntime):
+    def __init__(self, pipe, config: TeaCacheConfig) -> None:
+        super().__init__(pipe, transformer_blocks(denoiser_of(pipe)))
+        self.config = config
+        self.poly = None if config.coefficients is None else np.asarray(config.coefficients, dtype=np.float64)
+        self.state: dict[int, dict] = {}
+        self.skip_rest = False
+        self._captured = None
+        self._timestep = None
+        norm = modulated_input_module(self.denoiser)
+        if norm is not None:
+            first = transformer_blocks(self.denoiser)[0][1]
+            if getattr(first, "norm_type", None) == "ada_norm_single":
+                # PixArt: norm1 is a plain LayerNorm; the block modulates with scale_shift_table + timestep
+                # (the same indicator the profiler fits its polynomial on)
+                pre = first.register_forward_pre_hook(self._keep_timestep, with_kwargs=True)
+                self._undo.append(pre.remove)
+                self._block = first
+            else:
+                self._block = None
+            hook = norm.register_forward_hook(self._capture)
+            self._undo.append(hook.remove)
+
+    def _keep_timestep(self, module, args, kwargs) -> None:
+        self._timestep = kwargs.get("timestep")
+
+    def _capture(self, module, args, output) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        if self._block is not None:
+            if self._timestep is None:
+                return
+            b = out.shape[0]
+            table = self._block.scale_shift_table[None] + self._timestep.reshape(b, 6, -1)
+            shift, scale = table.chunk(6, 1)[:2]
+            out = out * (1 + scale) + shift
+        self._captured = out
+
+    def reset(self) -> None:
+        super().reset()
+        self.state.clear()
+        self.skip_rest = False
+
+    def on_denoiser_call(self, args, kwargs) -> None:
+        self.skip_rest = False
+        self._captured = None
+
+    def want_reuse(self, k: int) -> bool:
+        return k > 0 and self.skip_rest
+
+    def rescale(self, x: float) -> float:
+        return x if self.poly is None else max(float(np.polyval(self.poly, x)), 0.0)
+
+    def after_compute(self, k: int, inputs: dict, residual) -> None:
+        if k != 0:
+            return
+        indicator = self._captured if self._captured is not None else inputs.get("h")
+        self._captured = None
+        state = self.state.setdefault(self.slot, {"prev": None, "acc": 0.0, "skips": 0})
+        prev = state["prev"]
+        state["prev"] = indicator
+        last = self.tracker.num_steps - 1
+        skip = False
+        if (self.step > 0 and self.step != last and prev is not None and indicator is not None
+                and prev.shape == indicator.shape and self.config.threshold > 0):
+            state["acc"] += self.rescale(rel_l1(indicator, prev))
+            skip = state["acc"] < self.config.threshold and state["skips"] < self.config.max_skips
+        if skip:
+            state["skips"] += 1
+            self.stats["reused"] += 1
+        else:
+            state["skips"], state["acc"] = 0, 0.0
+            self.stats["computed"] += 1
+        self.skip_rest = skip
+
+
+@register(TeaCacheConfig, applicable=needs_transformer_blocks)
+def apply_teacache(pipe, config: TeaCacheConfig) -> Handle:
+    runtime = _TeaCache(pipe, config)
+    return Handle(config, runtime.remove, info={"runtime": runtime})
