@@ -81,6 +81,7 @@ class MetricResult(_Strict):
 
 
 class Measured(_Strict):
+    baseline_steps: int = Field(50, ge=1, le=1000, description="steps of the unaccelerated baseline")
     baseline_latency_s: float = Field(gt=0, lt=1e6)
     plan_latency_s: float = Field(gt=0, lt=1e6)
     speedup: float = Field(gt=0, lt=1e6)

@@ -45,7 +45,7 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
 
 
 def train_denoiser(kind: str, out_dir: Path, seed: int = 0, steps: int | None = None) -> dict:
-    from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+    from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 
     from planner.demo.pipeline import DigitsDiTPipeline, DigitsUNetPipeline
 
@@ -89,7 +89,8 @@ def train_denoiser(kind: str, out_dir: Path, seed: int = 0, steps: int | None = 
             print(f"[{kind}] step {step:5d}  loss(avg100) {recent:.4f}  {time.time() - start:6.0f}s", flush=True)
     final = ema.module.eval()
     pipe_cls = DigitsUNetPipeline if kind == "unet" else DigitsDiTPipeline
-    pipe = pipe_cls(final, scheduler)
+    # Trained with the DDPM noise schedule; shipped with DDIM on it, the standard 50-step baseline.
+    pipe = pipe_cls(final, DDIMScheduler.from_config(scheduler.config))
     pipe.save_pretrained(out_dir, safe_serialization=True)
     info = dict(kind=kind, seed=seed, **recipe, final_loss_avg100=sum(losses[-100:]) / len(losses[-100:]),
                 train_seconds=round(time.time() - start, 1),

@@ -1,0 +1,69 @@
+"""Latency measured the only way that survives a noisy, shared machine: warm, repeated, interleaved
+with the baseline, as the median of per-pair ratios, with the torch thread count fixed.
+
+Counted work (block evaluations weighted by the profile's FLOPs) is reported beside it as a
+cross-check that no timing noise can move.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    baseline_s: float          # median seconds per baseline call
+    candidate_s: float         # median seconds per candidate call
+    ratio: float               # median over repeats of candidate/baseline measured back to back
+    ratio_ci: tuple[float, float]
+    repeats: int
+    threads: int
+
+    @property
+    def speedup(self) -> float:
+        return 1.0 / self.ratio
+
+    @property
+    def speedup_ci(self) -> tuple[float, float]:
+        return (1.0 / self.ratio_ci[1], 1.0 / self.ratio_ci[0])
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int = 5,
+                      warmup: int = 1, baseline_cache: list[float] | None = None) -> LatencyResult:
+    """Time baseline and candidate alternately (B, C, C, B, ... so neither always goes first).
+
+    The ratio of each adjacent pair cancels slow drifts of the machine; the median discards bursts
+    from competing processes. The 95% CI is a bootstrap of the median of pair ratios.
+    """
+    for _ in range(warmup):
+        candidate()
+    base_times, cand_times = [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            b, c = _timed(baseline), _timed(candidate)
+        else:
+            c, b = _timed(candidate), _timed(baseline)
+        base_times.append(b)
+        cand_times.append(c)
+    ratios = np.array(cand_times) / np.array(base_times)
+    rng = np.random.default_rng(0)
+    boots = np.median(rng.choice(ratios, size=(1000, len(ratios)), replace=True), axis=1)
+    return LatencyResult(
+        baseline_s=statistics.median(base_times), candidate_s=statistics.median(cand_times),
+        ratio=float(np.median(ratios)), ratio_ci=(float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))),
+        repeats=repeats, threads=torch.get_num_threads())

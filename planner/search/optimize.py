@@ -1,0 +1,226 @@
+"""`planner optimize`: profile, baseline, study, verification on unseen seeds, plan and report.
+
+    result = optimize(SearchSettings(model="digits-unet", budget="fid+2"))
+
+The search minimises measured latency (ratio to the baseline, interleaved) subject to the budget
+(Optuna constraints, point verdict on the search seeds). The fastest feasible configurations are then
+verified on disjoint seeds with more samples and the conservative verdict; the first that holds
+becomes the plan. A plan whose verification failed is never written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+from backends.technique import apply_all, config_from_dict
+from planner.environment import current_environment
+from planner.errors import BudgetNotMet, PlannerError
+from planner.models import denoiser_of, fingerprint, load_pipeline
+from planner.plan import Environment, Measured, MetricResult, ModelRef, Plan, Provenance, Shapes, TechniqueEntry, save_plan
+from planner.quality.budget import parse_budget
+from planner.search.context import SearchContext, SearchSettings
+from planner.search.cost_model import CostModel
+from planner.search.latency import interleaved_ratio
+from planner.search.objective import Objective, constraints_of
+from planner.search.progress import ProgressBar
+from planner.search.report import write_report
+from planner.search.study import default_study_name, finished, open_storage, open_study
+from planner.search.work import algorithmic, flops_of
+from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families
+
+MAX_VERIFICATIONS = 5
+# Known-good starting points, so the search never does worse than the usual hand-set recipes.
+ANCHORS = ({"sampler": "dpmpp_2m", "steps": 20}, {"sampler": "dpmpp_2m", "steps": 10},
+           {"sampler": "unipc", "steps": 8}, {"sampler": "ddim", "steps": 12})
+
+
+@dataclass
+class OptimizeResult:
+    plan: Plan | None
+    plan_path: Path | None
+    study_name: str
+    storage: str
+    trials: int
+    report: list[Path] = field(default_factory=list)
+    message: str = ""
+
+
+def _families(requested: tuple[str, ...]) -> list[str]:
+    names = list(requested) or list(DEFAULT_FAMILIES)
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise PlannerError(f"--techniques: unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    if "sampler" not in names:
+        names.insert(0, "sampler")  # the plan always pins sampler and steps: schedules are indexed by step
+    have = available_families()
+    return [n for n in names if n in have]
+
+
+def _profile_provider(pipe, ctx):
+    try:
+        from profiler import cached_profile
+    except ImportError:
+        return None
+    from planner.generation import default_request
+
+    request = default_request(pipe, 4, ctx.settings.seed)
+
+    def profile_for(sampler_config):
+        try:
+            return cached_profile(pipe, request, sampler=sampler_config, guidance_scale=ctx.settings.guidance_scale)
+        except TypeError:
+            return cached_profile(pipe, request, sampler=sampler_config)
+    return profile_for
+
+
+def _check_worker(study: optuna.Study, env: dict, fp: str) -> None:
+    tuned = study.user_attrs.get("environment")
+    if tuned is None:
+        study.set_user_attr("environment", env)
+        study.set_user_attr("model_fingerprint", fp)
+        return
+    if study.user_attrs.get("model_fingerprint") != fp:
+        raise PlannerError(f"study {study.study_name} tunes model {study.user_attrs.get('model_fingerprint')}, "
+                           f"this worker loaded {fp}")
+    if tuned.get("device_name") != env["device_name"] or tuned.get("device", "").split(":")[0] != env["device"].split(":")[0]:
+        raise PlannerError(f"study {study.study_name} was tuned on {tuned.get('device')} ({tuned.get('device_name')}); "
+                           f"this worker is {env['device']} ({env['device_name']}): use another --study-name")
+
+
+def _verify(ctx, objective, trial, baseline_flops):
+    """Re-measure one candidate on unseen seeds; returns (evaluation, latency, work_ratio, setup_s)."""
+    configs = [config_from_dict(d) for d in trial.user_attrs["techniques"]]
+    handle = apply_all(ctx.cand_pipe, configs)
+    try:
+        images = ctx.generate_candidate(ctx.verify.request)
+        evaluation = ctx.verify.evaluator.evaluate(images)
+        if not evaluation.holds:
+            return evaluation, None, None, None
+        latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
+                                    repeats=max(7, ctx.settings.latency_repeats))
+        setup = sum(float(h.info.get("setup_s", 0.0)) for h in handle.handles)
+    finally:
+        handle.remove()
+    work = objective.counted_work(configs)
+    return evaluation, latency, (work / baseline_flops if work and baseline_flops else None), setup
+
+
+def _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary) -> Plan:
+    s = ctx.settings
+    techniques = [TechniqueEntry(**d) for d in trial.user_attrs["techniques"]]
+    steps = next((d["params"]["steps"] for d in trial.user_attrs["techniques"] if d["type"] == "sampler"),
+                 s.baseline_steps)
+    metrics = []
+    for r in evaluation.results:
+        m = r.measured
+        metrics.append(MetricResult(clause=str(r.clause), metric=m.name, value=m.value, ci_low=m.ci_low,
+                                    ci_high=m.ci_high, n=m.n, baseline=r.baseline, holds=bool(r.point),
+                                    holds_conservative=bool(r.conservative)))
+    return Plan(
+        model=ModelRef(name=s.model, pipeline=type(ctx.base_pipe).__name__, fingerprint=ctx.fingerprint),
+        environment=Environment(**current_environment(s.device)),
+        shapes=Shapes(batch=s.batch, resolution=int(ctx.search.images.shape[-1]), steps=steps,
+                      guidance_scale=s.guidance_scale),
+        budget=str(ctx.budget), techniques=techniques,
+        measured=Measured(baseline_steps=s.baseline_steps, baseline_latency_s=latency.baseline_s, plan_latency_s=latency.candidate_s,
+                          speedup=latency.speedup, speedup_ci=latency.speedup_ci, work_ratio=work_ratio,
+                          latency_repeats=latency.repeats, threads=latency.threads, metrics=metrics,
+                          search_seeds=(s.seed, s.samples),
+                          verify_seeds=(ctx.verify_request.seeds[0], len(ctx.verify_request)),
+                          setup_s=setup_s or None, amortised_over_calls=1000 if setup_s else None),
+        provenance=Provenance(command=s.command or f"planner optimize --budget {s.budget} {s.model}",
+                              created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              study=summary["study"], storage=summary["storage"], trial=trial.number,
+                              trials_run=summary["trials"], search_seconds=round(summary["seconds"], 1)))
+
+
+def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
+    start = time.time()
+    if settings.trials < 1:
+        raise PlannerError("--trials: must be at least 1")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    budget = parse_budget(settings.budget)
+    families = _families(settings.techniques)
+    base_pipe = load_pipeline(settings.model, device=settings.device)
+    cand_pipe = load_pipeline(settings.model, device=settings.device)
+    fp = fingerprint(denoiser_of(base_pipe))
+    env = current_environment(settings.device)
+    study_name = settings.study_name or default_study_name(settings.model, str(budget), fp, settings.device, families)
+    storage, storage_desc = open_storage(settings.storage, study_name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(storage, study_name, settings.seed, constraints_of)
+    _check_worker(study, env, fp)
+    log(f"[planner] {settings.model} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
+        f"techniques {','.join(families)}; study {study_name} in {storage_desc}")
+    log(f"[planner] baseline: {settings.baseline_steps} steps; generating {settings.samples} search and "
+        f"{settings.verify_samples} verification samples (cached on disk after the first run) ...")
+    ctx = SearchContext(settings, budget, base_pipe, cand_pipe, fp)
+    base_eval = ctx.search.evaluator.evaluate(ctx.search.images)
+    for r in base_eval.results:
+        if r.baseline is not None:
+            log(f"[planner] baseline {r.clause.metric} on {ctx.search.evaluator.n} search samples: {r.baseline:.3f}")
+    baseline_flops = flops_of(ctx.run_baseline_batch)
+    objective = Objective(ctx, families, _profile_provider(cand_pipe, ctx) if "cache" in families else None,
+                          cost_model=CostModel(study, settings.baseline_steps, settings.seed),
+                          baseline_flops=baseline_flops)
+    done = len(finished(study))
+    if done == 0 and not study.trials:
+        for anchor in ANCHORS:
+            study.enqueue_trial(anchor, skip_if_exists=True)
+    remaining = max(0, settings.trials - done)
+    if remaining:
+        log(f"[planner] running {remaining} trials ({done} already in the study)")
+        with ProgressBar(study, settings.trials, settings.timeout) as progress:
+            study.optimize(objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
+                           callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=None), progress])
+    else:
+        log(f"[planner] study already has {done} finished trials; selecting and verifying")
+    summary = {"model": settings.model, "study": study_name, "storage": storage_desc,
+               "trials": len(finished(study)), "seconds": time.time() - start}
+    feasible = sorted((t for t in study.get_trials(deepcopy=False)
+                       if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")),
+                      key=lambda t: t.value)
+    out = Path(settings.out)
+    chosen, plan, message = None, None, ""
+    for trial in feasible[:MAX_VERIFICATIONS]:
+        log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
+            f"{settings.verify_samples} unseen seeds ...")
+        evaluation, latency, work_ratio, setup_s = _verify(ctx, objective, trial, baseline_flops)
+        if latency is None:
+            log("[planner]   verification failed (conservative verdict):\n" + _indent(evaluation.table()))
+            continue
+        log("[planner]   verification holds:\n" + _indent(evaluation.table()))
+        summary["seconds"] = time.time() - start
+        plan = _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary)
+        chosen = trial.number
+        break
+    if plan is None:
+        best = feasible[0] if feasible else None
+        message = (f"no configuration met {budget} on verification; best on the search seeds: "
+                   f"{best.user_attrs['label']} at {best.user_attrs['speedup']:.2f}x" if best else
+                   f"no configuration met {budget} on the search seeds in {summary['trials']} trials")
+    summary_out = dict(summary, seconds=round(time.time() - start, 1), chosen_trial=chosen)
+    report = write_report(study, budget, out, chosen, summary_out)
+    if plan is None:
+        raise BudgetNotMet(message + f"; no plan written (report: {report[1]})")
+    save_plan(plan, out)
+    m = plan.measured
+    log(f"[planner] wrote {out}: {m.speedup:.2f}x faster than the {settings.baseline_steps}-step baseline "
+        f"(95% CI {m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f}; counted work ratio "
+        f"{m.work_ratio if m.work_ratio is None else round(m.work_ratio, 3)}), {summary['trials']} trials, "
+        f"{time.time() - start:.0f}s; report {report[1]}")
+    return OptimizeResult(plan, out, study_name, storage_desc, summary["trials"], report)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+logging.getLogger("optuna").setLevel(logging.WARNING)

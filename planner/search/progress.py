@@ -1,0 +1,37 @@
+"""A progress bar for the study: trials done, best feasible speed-up so far, time left."""
+from __future__ import annotations
+
+import sys
+import time
+
+import optuna
+from tqdm import tqdm
+
+
+class ProgressBar:
+    def __init__(self, study: optuna.Study, total: int, timeout: float | None) -> None:
+        self.study, self.total, self.timeout = study, total, timeout
+        self.start = time.time()
+        self.bar = None
+
+    def __enter__(self):
+        done = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+        self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="trials", unit="trial",
+                        file=sys.stderr, dynamic_ncols=True, disable=None)
+        self._postfix()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def _postfix(self) -> None:
+        feasible = [t.user_attrs["speedup"] for t in self.study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("feasible") and "speedup" in t.user_attrs]
+        postfix = {"best feasible": f"{max(feasible):.2f}x" if feasible else "-"}
+        if self.timeout:
+            postfix["left"] = f"{max(0, self.timeout - (time.time() - self.start)):.0f}s"
+        self.bar.set_postfix(postfix)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.bar.update(1)
+        self._postfix()

@@ -1,0 +1,61 @@
+"""`planner optimize` end to end at toy sizes: a plan is written, validates, and the study resumes."""
+import optuna
+import pytest
+
+from planner.cli import main
+from planner.plan import load_plan
+
+FAST = ["--samples", "24", "--verify-samples", "32", "--batch", "4", "--baseline-steps", "10",
+        "--threads", "2", "--techniques", "sampler,cache"]
+
+
+def _study(tmp_path, name):
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "planner-cache" / "studies" / f"{name}.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_optimize_writes_a_verified_plan_and_resumes(digits_unet, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.yaml"
+    args = ["optimize", "digits-unet", "--budget", "psnr>=12", "--out", str(out), "--study-name", "t", *FAST]
+    assert main([*args, "--trials", "2"]) == 0
+    plan = load_plan(out)
+    assert plan.measured.speedup > 1.0
+    assert all(m.holds_conservative for m in plan.measured.metrics)
+    assert plan.measured.verify_seeds[0] != plan.measured.search_seeds[0]
+    assert (tmp_path / "p.pareto.png").exists() and (tmp_path / "p.report.md").exists()
+    assert len(_study(tmp_path, "t").trials) == 2
+    assert main([*args, "--trials", "3"]) == 0  # resumes: one more trial, not three
+    assert len(_study(tmp_path, "t").trials) == 3
+    assert main(["validate", str(out)]) == 0
+
+
+def test_impossible_budget_exits_1_and_writes_no_plan(digits_unet, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "never.yaml"
+    code = main(["optimize", "digits-unet", "--budget", "psnr>=200", "--out", str(out), "--trials", "2", *FAST])
+    assert code == 1 and not out.exists()
+    err = capsys.readouterr().err
+    assert "no configuration met psnr>=200" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["optimize", "digits-unet", "--budget", "fid+"], "position"),
+    (["optimize", "digits-unet", "--budget", "fid+2", "--trials", "0"], "--trials"),
+    (["optimize", "digits-unet", "--budget", "fid+2", "--techniques", "magic"], "--techniques"),
+])
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_missing_budget_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", "digits-unet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget" in err[0]
