@@ -85,10 +85,41 @@ def _to_tensor(images) -> torch.Tensor:
     return out.float().cpu().clamp(0, 1)
 
 
+def native_resolution(pipe) -> int | None:
+    """The image side a latent pipeline was built for, or None where it cannot be read off.
+
+    The denoiser's `sample_size` (in latents) times the pipeline's `vae_scale_factor`; for a denoiser
+    without one (Flux's transformer) the VAE's own `sample_size`. This is what the diffusers
+    pipelines use by default, except FluxPipeline, which assumes 1024 pixels whatever the model.
+    """
+    scale = getattr(pipe, "vae_scale_factor", None)
+    for name in ("transformer", "unet"):
+        size = getattr(getattr(getattr(pipe, name, None), "config", None), "sample_size", None)
+        if isinstance(size, int) and isinstance(scale, int):
+            return size * scale
+    size = getattr(getattr(getattr(pipe, "vae", None), "config", None), "sample_size", None)
+    return size if isinstance(size, int) else None
+
+
 def _call_kwargs(pipe, family: str, chunk_conditions: tuple, generators: list, steps: int | None,
                  guidance_scale: float | None, extra: dict) -> dict:
     params = inspect.signature(pipe.__call__).parameters
     kwargs = dict(extra)
+    if "height" in params and "width" in params and "height" not in kwargs and "width" not in kwargs:
+        side = native_resolution(pipe)
+        if side is not None:
+            kwargs["height"] = kwargs["width"] = side
+            # Resolution binning (PixArt) snaps a requested size to the trained aspect-ratio bins;
+            # at the native size it is a no-op for real models and fails for non-standard ones.
+            if "use_resolution_binning" in params:
+                kwargs.setdefault("use_resolution_binning", False)
+    if "clean_caption" in params and "clean_caption" not in kwargs:
+        # PixArt's caption cleaning needs bs4 and ftfy; without them the pipeline warns on every call
+        # and skips it anyway, so skip it quietly.
+        import importlib.util
+
+        if importlib.util.find_spec("bs4") is None or importlib.util.find_spec("ftfy") is None:
+            kwargs["clean_caption"] = False
     kwargs["generator"] = generators
     if steps is not None:
         kwargs["num_inference_steps"] = steps
