@@ -8,6 +8,7 @@ observes, so outputs stay bit-identical.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 _MISSING = object()
@@ -37,6 +38,9 @@ class StepTracker:
         self._on_step_end: list[Callable[[int], None]] = []
         original_set, original_step = scheduler.set_timesteps, scheduler.step
 
+        # functools.wraps keeps the signature visible: pipelines (Flux, SD3) inspect
+        # `set_timesteps` for `sigmas`/`timesteps` support before calling it
+        @functools.wraps(original_set)
         def set_timesteps(*args, **kwargs):
             result = original_set(*args, **kwargs)
             self.step, self.calls = 0, self.calls + 1
@@ -45,6 +49,7 @@ class StepTracker:
                 fn()
             return result
 
+        @functools.wraps(original_step)
         def step(*args, **kwargs):
             result = original_step(*args, **kwargs)
             for fn in list(self._on_step_end):

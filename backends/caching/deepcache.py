@@ -50,6 +50,8 @@ def _applicable(pipe) -> str | None:
 
 class _DeepCache(CacheRuntime):
     def __init__(self, pipe, config: DeepCacheConfig) -> None:
+        self.cache: dict[int, dict[int, object]] = {}   # slot -> {deep module index: output}
+        self.reusing = False
         super().__init__(pipe)
         self.config = config
         self._full_steps = frozenset(config.full_steps or ())
@@ -65,8 +67,6 @@ class _DeepCache(CacheRuntime):
             deep.append(unet.mid_block)
         deep += list(unet.up_blocks[:n - (i + 1)])
         self.deep = deep
-        self.cache: dict[int, dict[int, object]] = {}   # slot -> {deep module index: output}
-        self.reusing = False
         for k, module in enumerate(deep):
             self.intercept(module, self._make(k))
 

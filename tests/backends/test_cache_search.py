@@ -13,7 +13,7 @@ from search_spaces.caching import (CacheProfile, applicable_caches, first_block_
                                    suggest_cache, suggest_cfg_reuse, suggest_deepcache, suggest_first_block_cache,
                                    suggest_taylorseer, suggest_teacache, teacache_threshold)
 from search_spaces.schedule_solver import delta_range, full_steps_from_change, solve_schedule, step_budgets
-from tests.backends.backend_helpers import demo_pipeline
+from backend_helpers import demo_pipeline
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -12,7 +12,7 @@ from backends.caching.common import WorkCounter, residual_blocks, transformer_bl
 from backends.technique import ConfigError, NotApplicable, config_from_dict, why_not_applicable
 from planner.generation import default_request, generate
 from planner.models import WEIGHTS_DIR, denoiser_of
-from tests.backends.backend_helpers import demo_pipeline
+from backend_helpers import demo_pipeline
 
 STEPS = 10
 
@@ -157,8 +157,24 @@ def test_no_stale_state_when_batch_or_steps_change(name, config):
     assert torch.equal(b1, b_fresh)
 
 
-def test_unbatched_denoiser_calls_get_their_own_slot():
-    # two denoiser calls within one step (as unbatched-CFG pipelines do) never share cached features
+def test_denoiser_calls_within_a_step_get_their_own_slot():
+    # a second denoiser call within one step (unbatched-CFG pipelines) gets slot 1, never slot 0's features
+    pipe = _pipe("digits-dit")
+    handle = backends.apply(pipe, TaylorSeerConfig(interval=2, order=0))
+    runtime = handle.info["runtime"]
+    denoiser = denoiser_of(pipe)
+    try:
+        pipe.scheduler.set_timesteps(4)
+        x = torch.randn(1, 1, 16, 16)
+        labels = torch.tensor([3])
+        for t in pipe.scheduler.timesteps:
+            a = denoiser(x, t.reshape(1), class_labels=labels).sample
+            b = denoiser(x * 0.5, t.reshape(1), class_labels=labels).sample
+            x = pipe.scheduler.step(a, t, x).prev_sample
+        assert set(runtime.history) == {0, 1}
+        assert not torch.equal(a, b)
+    finally:
+        handle.remove()
     pipe = _pipe("digits-dit")
     handle = backends.apply(pipe, TaylorSeerConfig(interval=2, order=0))
     runtime = handle.info["runtime"]
@@ -264,7 +280,7 @@ def test_regional_compile_composes(name, config):
 # ----------------------------------------------------------------------------- every pipeline family
 
 TINY = ("sd", "sdxl", "pixart", "sd3", "flux", "dit", "ddpm", "ddim")
-TINY_CONFIGS = [DeepCacheConfig(branch=0, interval=2), "schedule", FirstBlockCacheConfig(threshold=10.0, max_skips=1),
+TINY_CONFIGS = [DeepCacheConfig(branch=0, interval=2), "schedule", FirstBlockCacheConfig(threshold=2.0, max_skips=1),
                 TeaCacheConfig(threshold=10.0, max_skips=1), TaylorSeerConfig(interval=2, warmup=1),
                 CFGReuseConfig(interval=2, warmup=1)]
 
