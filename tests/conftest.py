@@ -1,10 +1,11 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("PLANNER_TEST_THREADS", "2")))  # 1 when the machine is shared
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import helpers`
 
 

@@ -1,0 +1,27 @@
+"""Every plan in plans/ validates; the slow suite re-gates them (quality and speed on fresh seeds)."""
+from pathlib import Path
+
+import pytest
+
+from planner.cli import main
+from planner.plan import load_plan
+
+PLANS = sorted((Path(__file__).resolve().parents[2] / "plans").glob("*.yaml"))
+
+
+def test_plans_folder_is_not_empty():
+    assert PLANS, "plans/ should ship plans for the demo models"
+
+
+@pytest.mark.parametrize("path", PLANS, ids=[p.name for p in PLANS])
+def test_shipped_plan_validates(path):
+    plan = load_plan(path)
+    assert path.read_text().startswith("# reproduce: planner optimize")
+    assert plan.measured is not None and all(m.holds_conservative for m in plan.measured.metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PLANS, ids=[p.name for p in PLANS])
+def test_shipped_plan_passes_the_gate(path, tmp_path):
+    assert main(["gate", str(path), "--samples", "300", "--junit", str(tmp_path / "gate.xml")]) == 0
+    assert "failures=\"0\"" in (tmp_path / "gate.xml").read_text()
