@@ -9,6 +9,7 @@ observes, so outputs stay bit-identical.
 from __future__ import annotations
 
 import functools
+import functools
 from typing import Any, Callable
 
 _MISSING = object()
@@ -41,6 +42,8 @@ class StepTracker:
         # functools.wraps keeps the signature visible: pipelines (Flux, SD3) inspect
         # `set_timesteps` for `sigmas`/`timesteps` support before calling it
         @functools.wraps(original_set)
+        # functools.wraps keeps the signatures visible: pipelines inspect them (generator, timesteps).
+        @functools.wraps(original_set)
         def set_timesteps(*args, **kwargs):
             result = original_set(*args, **kwargs)
             self.step, self.calls = 0, self.calls + 1
@@ -49,6 +52,7 @@ class StepTracker:
                 fn()
             return result
 
+        @functools.wraps(original_step)
         @functools.wraps(original_step)
         def step(*args, **kwargs):
             result = original_step(*args, **kwargs)

@@ -5,6 +5,8 @@ that tools written for those attributes (DeepCache, diffusers' cache hooks) find
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (any diffusers scheduler works)
@@ -50,7 +52,10 @@ class _DigitsPipeline(DiffusionPipeline):
         sample = sample * self.scheduler.init_noise_sigma
         use_cfg = guidance_scale > 1.0
         cond = torch.cat([labels, torch.full_like(labels, NULL_CLASS)]) if use_cfg else labels
-        step_generator = generator[0] if isinstance(generator, list) else generator
+        # Only stochastic samplers take a generator (as in diffusers' prepare_extra_step_kwargs).
+        step_kwargs = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = generator[0] if isinstance(generator, list) else generator
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([sample, sample]) if use_cfg else sample
             model_in = self.scheduler.scale_model_input(model_in, t)
@@ -59,7 +64,7 @@ class _DigitsPipeline(DiffusionPipeline):
             if use_cfg:
                 eps_cond, eps_uncond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            sample = self.scheduler.step(eps, t, sample, generator=step_generator).prev_sample
+            sample = self.scheduler.step(eps, t, sample, **step_kwargs).prev_sample
         images = (sample.float() / 2 + 0.5).clamp(0, 1)
         if output_type == "pil":
             images = self.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
