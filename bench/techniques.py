@@ -40,14 +40,11 @@ ROOT = Path(__file__).resolve().parent
 def _settings(model: str, steps: int, profile_fn) -> list:
     if model == "digits-unet":
         out = [DeepCacheConfig(branch=0, interval=2), DeepCacheConfig(branch=0, interval=3),
-               DeepCacheConfig(branch=1, interval=3),
-               TaylorSeerConfig(interval=2, order=1), TaylorSeerConfig(interval=3, order=1),
-               CFGReuseConfig(interval=2), CFGReuseConfig(interval=3)]
+               TaylorSeerConfig(interval=2, order=1), CFGReuseConfig(interval=2)]
     else:
-        out = [FirstBlockCacheConfig(threshold=0.05, max_skips=2), FirstBlockCacheConfig(threshold=0.1, max_skips=3),
-               TeaCacheConfig(threshold=0.1, max_skips=2), TeaCacheConfig(threshold=0.3, max_skips=3),
-               TaylorSeerConfig(interval=2, order=1), TaylorSeerConfig(interval=3, order=1),
-               CFGReuseConfig(interval=2), CFGReuseConfig(interval=3)]
+        out = [FirstBlockCacheConfig(threshold=0.05, max_skips=2), FirstBlockCacheConfig(threshold=0.15, max_skips=3),
+               TeaCacheConfig(threshold=0.3, max_skips=3), TaylorSeerConfig(interval=2, order=1),
+               CFGReuseConfig(interval=2)]
     out += profile_fn()
     return out
 
@@ -66,7 +63,7 @@ def _profile_settings(pipe, model, sampler, request) -> list:
         return []
     cp = CacheProfile.from_profile(profile)
     out = []
-    for delta_scale in (0.5, 2.0):
+    for delta_scale in (2.0,):
         from search_spaces.schedule_solver import delta_range
 
         lo, hi = delta_range(cp.residual_change) if cp.residual_change is not None else (0.01, 1.0)
@@ -124,7 +121,7 @@ def bench_model(model: str, sampler: SamplerConfig, n_quality: int, timing_batch
     quality_request = default_request(pipe, n_quality, seed=1000)
     timing_request = default_request(pipe, timing_batch, seed=0)
     settings = _settings(model, steps, lambda: _profile_settings(pipe, model, sampler,
-                                                                 default_request(pipe, 8, seed=500)))
+                                                                 default_request(pipe, 4, seed=500)))
     rows = []
     try:
         with WorkCounter(pipe) as counter:
@@ -180,14 +177,23 @@ def bench_model(model: str, sampler: SamplerConfig, n_quality: int, timing_batch
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "techniques.json")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-quality", type=int, default=64, help="images for PSNR/FID per variant")
-    parser.add_argument("--timing-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-quality", type=int, default=16, help="images for PSNR/FID per variant")
+    parser.add_argument("--timing-batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="only merge these result files (one per model, run in parallel) into --out")
     parser.add_argument("--models", nargs="+", default=["digits-unet", "digits-dit"])
     parser.add_argument("--samplers", nargs="+", default=["dpmpp_2m:20", "ddim:50"])
     parser.add_argument("--no-fid", action="store_true")
     args = parser.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        merged = dict(parts[0], rows=[r for part in parts for r in part["rows"]],
+                      wall_s=max(p["wall_s"] for p in parts), merged_from=[str(p) for p in args.merge])
+        args.out.write_text(json.dumps(merged, indent=1))
+        _print(merged["rows"])
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -213,6 +219,12 @@ def main(argv=None) -> int:
             new = bench_model(model, sampler, args.n_quality, args.timing_batch, args.repeats, extractor, reference)
             _print(new)
             rows += new
+            _write(args, extractor, rows, started, partial=True)
+    _write(args, extractor, rows, started, partial=False)
+    return 0
+
+
+def _write(args, extractor, rows, started, partial: bool) -> None:
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": time.time() - started,
@@ -223,12 +235,12 @@ def main(argv=None) -> int:
                      "work": "work-unit evaluations x sample rows (WorkCounter)",
                      "psnr": "vs baseline images, same seeds; bootstrap 95% CI over images",
                      "fid": "digits features vs held-out digits" if extractor is not None else None},
+        "partial": partial,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({result['wall_s']:.0f}s)", file=sys.stderr)
-    return 0
 
 
 def _print(rows) -> None:

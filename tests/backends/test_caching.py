@@ -254,7 +254,7 @@ def _uncompile(modules):
 
 @pytest.mark.parametrize("name,config", [
     ("digits-dit", FirstBlockCacheConfig(threshold=0.3, max_skips=2)),
-    ("digits-unet", DeepCacheConfig(branch=0, interval=2)),
+    pytest.param("digits-unet", DeepCacheConfig(branch=0, interval=2), marks=pytest.mark.slow),
 ])
 def test_regional_compile_composes(name, config):
     """Cache decisions stay outside the compiled blocks: compiling each block in place (before or after
