@@ -306,14 +306,10 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def _ci(reps: np.ndarray, level: float) -> tuple[float, float]:
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    if np.isfinite(reps).all():
-        lo, hi = np.quantile(reps, [lo_q, hi_q])
-    else:
-        srt = np.sort(reps)
-        lo, hi = srt[int(math.floor(lo_q * (len(srt) - 1)))], srt[int(math.ceil(hi_q * (len(srt) - 1)))]
-    return float(lo), float(hi)
+def _ci(reps: np.ndarray, level: float, value: float | None = None) -> tuple[float, float]:
+    from planner.quality.bootstrap import percentile_ci
+
+    return percentile_ci(reps, level, value)
 
 
 def _fid_fn(feats: np.ndarray, stats: GaussianStats):
@@ -431,7 +427,7 @@ class Evaluator:
                     q = np.where(b > 0, c / np.where(b > 0, b, 1), np.where(c > 0, np.inf, 1.0))
             else:
                 q = c
-            lo, hi = _ci(q[1:], self.level) if len(q) > 1 else (float(q[0]), float(q[0]))
+            lo, hi = _ci(q[1:], self.level, float(q[0])) if len(q) > 1 else (float(q[0]), float(q[0]))
             measured = MetricResult(clause.measured_name, float(q[0]), self.n, lo, hi, self.level,
                                     len(q) - 1)
             results.append(ClauseResult(
