@@ -10,20 +10,20 @@ def add_parser(subparsers) -> None:
                               description="Profile, search (Optuna), verify on unseen seeds, write a plan YAML.")
     p.add_argument("model", help="built-in name (digits-unet, digits-dit, tiny-*), diffusers folder or hub id")
     p.add_argument("--budget", required=True, help="quality budget, e.g. fid+2 or 'fid+2,acc-1' or psnr>=30")
-    p.add_argument("--out", default=None, help="plan YAML to write (default plans/MODEL.yaml -> ./MODEL.plan.yaml)")
-    p.add_argument("--trials", type=int, default=30, help="total trials in the study, across workers (default 30)")
+    p.add_argument("--out", default=None, help="plan YAML to write (default ./MODEL.plan.yaml)")
+    p.add_argument("--trials", type=int, default=24, help="total trials in the study, across workers (default 24)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="sampler seed and first search seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--batch", type=int, default=16, help="batch size the plan is tuned and timed for (default 16)")
+    p.add_argument("--batch", type=int, default=8, help="batch size the plan is tuned and timed for (default 8)")
     p.add_argument("--resolution", type=int, default=None, help="image size for pipelines that take height/width")
     p.add_argument("--techniques", default="", help="comma list of families: sampler,quant,tokens,cache,compile")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: journal file in .planner-cache)")
     p.add_argument("--study-name", default=None, help="study to create or join (default: derived from the inputs)")
     p.add_argument("--features", default=None, help="FID features: digits, inception, or a TorchScript PATH")
     p.add_argument("--reference", default=None, help="folder of reference images (default: see README)")
-    p.add_argument("--samples", type=int, default=250, help="samples per trial on search seeds (default 250)")
-    p.add_argument("--verify-samples", type=int, default=1000, help="samples for the final verification (default 1000)")
+    p.add_argument("--samples", type=int, default=200, help="samples per trial on search seeds (default 200)")
+    p.add_argument("--verify-samples", type=int, default=500, help="samples for the final verification on unseen seeds (default 500)")
     p.add_argument("--baseline-steps", type=int, default=50, help="steps of the unaccelerated baseline (default 50)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: pipeline's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, fixed for timing (default: all)")
@@ -46,7 +46,7 @@ def run(args) -> int:
         device=args.device, batch=args.batch, resolution=args.resolution,
         techniques=tuple(t.strip() for t in args.techniques.split(",") if t.strip()), storage=args.storage,
         study_name=args.study_name, features=args.features, reference=args.reference, samples=args.samples,
-        cheap_samples=max(20, min(100, args.samples // 2)), verify_samples=args.verify_samples,
+        cheap_samples=max(20, min(64, args.samples // 3)), verify_samples=args.verify_samples,
         baseline_steps=args.baseline_steps, guidance_scale=args.guidance, threads=args.threads, out=out,
         command="planner " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["optimize"]
         else f"planner optimize --budget {args.budget} {args.model}")

@@ -19,23 +19,23 @@ VERIFY_SEED_OFFSET = 500_000  # verification seeds never meet search seeds
 class SearchSettings:
     model: str
     budget: str
-    trials: int = 30
+    trials: int = 24
     timeout: float | None = None
     seed: int = 0
     device: str = "cpu"
-    batch: int = 16
+    batch: int = 8
     resolution: int | None = None
     techniques: tuple[str, ...] = ()
     storage: str | None = None
     study_name: str | None = None
     features: str | None = None
     reference: str | None = None
-    samples: int = 250            # full-stage samples per trial (search seeds)
-    cheap_samples: int = 100      # first stage of the fidelity cascade
-    verify_samples: int = 1000    # final verification on unseen seeds
+    samples: int = 200            # full-stage samples per trial (search seeds)
+    cheap_samples: int = 64       # first stage of the fidelity cascade
+    verify_samples: int = 500     # final verification on unseen seeds
     baseline_steps: int = 50
     guidance_scale: float | None = None
-    latency_repeats: int = 5
+    latency_repeats: int = 3     # per trial; the final verification uses at least 7
     threads: int | None = None
     out: str = "plan.yaml"
     command: str = ""

@@ -61,7 +61,6 @@ class Objective:
         configs = suggest_configs(trial, ctx.cand_pipe, self.families, self.profile_for)
         trial.set_user_attr("techniques", [c.to_dict() for c in configs])
         trial.set_user_attr("label", " + ".join(c.label() for c in configs) or "identity")
-        trial.set_user_attr("constraints", [INFEASIBLE] * len(ctx.budget))
         if self.cost_model is not None:
             reason = self.cost_model.dominated(trial.params)
             if reason:
@@ -81,8 +80,7 @@ class Objective:
         ctx = self.ctx
         cheap_images = ctx.generate_candidate(ctx.cheap.request)
         if not _finite_images(cheap_images):
-            trial.set_user_attr("error", "non-finite images")
-            return float("inf")
+            return self._infeasible(trial, "non-finite images")
         cheap = ctx.cheap.evaluator.evaluate(cheap_images)
         trial.set_user_attr("cheap", {str(r.clause): r.measured.value for r in cheap.results if r.measured})
         reason = hopeless(cheap)
@@ -96,11 +94,11 @@ class Objective:
         more = ctx.generate_candidate(Request(rest.conditions[n_cheap:], rest.seeds[n_cheap:]))
         images = torch.cat([cheap_images, more])
         if not _finite_images(images):
-            trial.set_user_attr("error", "non-finite images")
-            return float("inf")
+            return self._infeasible(trial, "non-finite images")
         evaluation = ctx.search.evaluator.evaluate(images)
         margins = clause_margins(evaluation)
-        trial.set_user_attr("constraints", margins)
+        for clause, margin in zip(ctx.budget, margins):
+            trial.set_constraint(str(clause), margin)
         trial.set_user_attr("metrics", {str(r.clause): (r.measured.value if r.measured else None)
                                         for r in evaluation.results})
         trial.set_user_attr("feasible", all(m <= 0 for m in margins))
@@ -117,6 +115,14 @@ class Objective:
                 trial.set_user_attr("work_ratio", work / self.baseline_flops)
         return latency.ratio
 
+    def _infeasible(self, trial, reason: str) -> float:
+        """Recorded, marked infeasible, and the search goes on."""
+        trial.set_user_attr("error", reason)
+        trial.set_user_attr("feasible", False)
+        for clause in self.ctx.budget:
+            trial.set_constraint(str(clause), INFEASIBLE)
+        return INFEASIBLE
+
     def counted_work(self, configs) -> float | None:
         """FLOPs of one latency batch with only the algorithmic techniques, on the eager pipeline."""
         ctx = self.ctx
@@ -130,10 +136,6 @@ class Objective:
                                              batch_size=ctx.settings.batch, **ctx.generation_kwargs()))
         finally:
             handle.remove()
-
-
-def constraints_of(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", [INFEASIBLE]))
 
 
 def describe(trial: optuna.trial.FrozenTrial) -> str:

@@ -27,7 +27,7 @@ from planner.quality.budget import parse_budget
 from planner.search.context import SearchContext, SearchSettings
 from planner.search.cost_model import CostModel
 from planner.search.latency import interleaved_ratio
-from planner.search.objective import Objective, constraints_of
+from planner.search.objective import Objective
 from planner.search.progress import ProgressBar
 from planner.search.report import write_report
 from planner.search.study import default_study_name, finished, open_storage, open_study
@@ -155,7 +155,7 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
     study_name = settings.study_name or default_study_name(settings.model, str(budget), fp, settings.device, families)
     storage, storage_desc = open_storage(settings.storage, study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(storage, study_name, settings.seed, constraints_of)
+    study = open_study(storage, study_name, settings.seed)
     _check_worker(study, env, fp)
     log(f"[planner] {settings.model} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
         f"techniques {','.join(families)}; study {study_name} in {storage_desc}")

@@ -16,8 +16,9 @@ class ProgressBar:
 
     def __enter__(self):
         done = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+        # A live bar on a terminal; one line per trial in logs and CI (tqdm's \r updates read badly there).
         self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="trials", unit="trial",
-                        file=sys.stderr, dynamic_ncols=True, disable=None)
+                        file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
         self._postfix()
         return self
 
@@ -35,3 +36,11 @@ class ProgressBar:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.bar.update(1)
         self._postfix()
+        if self.bar.disable:
+            attrs = trial.user_attrs
+            if "speedup" in attrs:
+                outcome = f"{attrs['speedup']:.2f}x, {'feasible' if attrs.get('feasible') else 'infeasible'}"
+            else:
+                outcome = trial.state.name.lower() + (f" ({attrs['pruned_by']})" if "pruned_by" in attrs else "")
+            print(f"[planner] trial {trial.number} ({self.bar.n}/{self.total}): {attrs.get('label', '')}: {outcome}; "
+                  f"best feasible {self.bar.postfix}", file=sys.stderr, flush=True)

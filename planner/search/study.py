@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import optuna
@@ -60,9 +61,11 @@ def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
-def open_study(storage, study_name: str, seed: int, constraints_func) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func, multivariate=True,
-                                         group=True, n_startup_trials=6)
+def open_study(storage, study_name: str, seed: int) -> optuna.Study:
+    """TPE, seeded; constraints come from `trial.set_constraint` (<= 0 is feasible) in the objective."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6)
     return optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, direction="minimize",
                                load_if_exists=True)
 
