@@ -297,9 +297,8 @@ def _assemble(pipe, denoiser, key, specs, rec: Recorder, request, chunks, steps,
         })
 
     # first block whose output has its input's shape: FBCache-style indicator
-    first = next((k for k, b in enumerate(blocks) if b["role"] == "block" and b["shapes_match"]), None)
-    if first is None:
-        first = next((k for k, b in enumerate(blocks) if b["role"] == "sub" and b["shapes_match"]), None)
+    # (execution order: a UNet's first block downsamples, so its first resnet is taken)
+    first = next((k for k, b in enumerate(blocks) if b["role"] in ("block", "sub") and b["shapes_match"]), None)
 
     def points(x_metric: str, block: int | None = None):
         xs, ys = [], []

@@ -72,12 +72,11 @@ def summary(profile: Profile, top: int = 8) -> str:
         lines.append("  largest sub-blocks: " + ", ".join(f"{blocks[i]['name']} {100 * share[i]:.1f}%" for i in subs))
 
     lines.append("")
-    metric = "residual_rel_l1"
+    metric = "output_rel_l1"
     red = profile.redundancy(metric)
-    usable = profile.shapes_match & (profile.levels == 0) & profile.main_blocks
-    if not usable.any():
-        metric, red, usable = "output_rel_l1", profile.redundancy("output_rel_l1"), profile.main_blocks
-    lines.append(f"most redundant blocks (smallest step-to-step {metric.replace('_', ' ')}; < 0.1 is a cache candidate):")
+    usable = np.array([b["role"] in ("block", "sub") for b in blocks])
+    lines.append("most redundant blocks (smallest step-to-step change of the block's output, rel L1; "
+                 "steps where < 0.1 are cache candidates):")
     means = _nanmean_rows(np.where(usable[:, None], red, np.nan))
     for i in [i for i in np.argsort(means) if usable[i] and np.isfinite(means[i])][:top]:
         low = [s for s in range(steps) if np.isfinite(red[i, s]) and red[i, s] < 0.1]
