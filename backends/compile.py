@@ -474,6 +474,11 @@ def _apply_ort(pipe, denoiser, config: CompileConfig) -> Handle:
         raise NotApplicable(f"compile {config.backend}: {len(inside)} modules are patched by other techniques "
                             f"(e.g. {inside[0]}); an exported graph would freeze their per-step decisions")
     dtypes = {p.dtype for p in denoiser.parameters()}
+    quantized = [n for n, m in denoiser.named_modules() if type(m).__module__.startswith(("torch.ao.nn.quantized",
+                 "torch.nn.quantized"))] + [n for n, p in denoiser.named_parameters() if type(p.data) is not torch.Tensor]
+    if quantized:
+        raise NotApplicable(f"compile {config.backend}: {len(quantized)} quantised layers (e.g. {quantized[0]}); "
+                            "export supports fp32/fp16 weights only")
     if not dtypes <= {torch.float32, torch.float16}:
         raise NotApplicable(f"compile {config.backend}: parameters in {sorted(map(str, dtypes))}; "
                             "export supports fp32/fp16 weights (no bf16, no torch.ao int8 modules)")

@@ -87,6 +87,9 @@ def build(model: str):
     raise SystemExit(f"unknown model {model}")
 
 
+SKIP: tuple[str, ...] = ()
+
+
 def variants(holder) -> list[tuple[str, object]]:
     out = [("eager", None)]
     for cfg in (QuantizeConfig(mode="bf16"), QuantizeConfig(mode="fp16"), QuantizeConfig(mode="int8_dynamic"),
@@ -95,7 +98,8 @@ def variants(holder) -> list[tuple[str, object]]:
                 CompileConfig(backend="onnx"), CompileConfig(backend="tensorrt"),
                 ToMeConfig(ratio=0.5), ToMeConfig(ratio=0.5, max_downsample=2), ToDoConfig(factor=2),
                 ToDoConfig(factor=2, max_downsample=2)):
-        out.append((cfg.label(), cfg))
+        if not any(word in cfg.label() for word in SKIP):
+            out.append((cfg.label(), cfg))
     return out
 
 
@@ -131,6 +135,7 @@ def bench_model(model: str, seconds: float) -> dict:
             if isinstance(cfg, (ToMeConfig, ToDoConfig)) and cfg.max_downsample == 2 and model != "digits-unet" \
                     and model != "sd64":
                 continue  # transformer token grids are all alike: the level knob changes nothing
+        print(f"   warm {label}", flush=True)
         try:
             t0 = time.perf_counter()
             handle = backends.apply(holder, cfg) if cfg is not None else None
@@ -183,13 +188,16 @@ def main() -> None:
     parser.add_argument("--models", default="digits-unet,digits-dit,sd64,dit256")
     parser.add_argument("--seconds", type=float, default=40.0, help="interleaved timing per model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", default="", help="comma-separated substrings of variant labels to leave out")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "backends.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global SKIP
+    SKIP = tuple(w for w in args.skip.split(",") if w)
     import os
 
     os.environ.setdefault("PLANNER_CACHE_DIR", "/tmp/planner-bench-cache")
-    results = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+    results = {"skipped_variants": list(SKIP), "torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
                "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "method": "denoiser forward latency; variants interleaved per round; speedup = median(eager/variant)",
                "models": {}}

@@ -66,6 +66,7 @@ def test_onnx_refuses_patched_denoiser(model):
         handle.remove()
 
 
+@pytest.mark.slow
 def test_regional_compile_dit():
     pipe = demo_pipeline("digits-dit")
     request = default_request(pipe, 2)
@@ -79,6 +80,7 @@ def test_regional_compile_dit():
     assert torch.equal(generate(pipe, request, steps=2), base)
 
 
+@pytest.mark.slow
 def test_quant_plus_regional_compile():
     pipe = demo_pipeline("digits-dit")
     request = default_request(pipe, 2)
