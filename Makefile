@@ -17,7 +17,8 @@ $(BIN)/planner: pyproject.toml
 install: $(BIN)/planner
 
 demo: install
-	$(BIN)/planner generate digits-unet --n 20 --out demo-grid.png
+	$(BIN)/planner optimize --budget fid+2 digits-unet
+	$(BIN)/planner show digits-unet.plan.yaml
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
@@ -26,4 +27,4 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) .planner-cache demo-grid.png
+	rm -rf $(VENV) .planner-cache digits-unet.plan.*

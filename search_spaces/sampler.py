@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from backends.sampler import SamplerConfig, available_samplers
 
-STEP_CHOICES = (4, 5, 6, 8, 10, 12, 15, 20, 25, 30)
+STEP_CHOICES = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)
 
 
 def suggest_sampler(trial, profile, pipe, max_steps: int = 50) -> SamplerConfig:

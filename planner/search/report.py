@@ -86,7 +86,7 @@ def write_report(study, budget, out_base: Path, chosen_trial: int | None, summar
           f"- trials: {sum(states.values())} ({', '.join(f'{k.lower()} {v}' for k, v in sorted(states.items()))})",
           f"- pruned by the fidelity cascade: {sum('cascade' in p for p in pruned)}, by the cost model: "
           f"{sum('cost model' in p for p in pruned)}, not applicable: {sum('applicable' in p for p in pruned)}",
-          *(f"- {k}: {v}" for k, v in summary.items() if k != "model"), "",
+          *(f"- {k.replace('_', ' ')}: {v}" for k, v in summary.items() if k not in ("model", "trials")), "",
           "## Top trials (search seeds, point verdict; speed-up = baseline latency / plan latency, interleaved)",
           "", *table, "", f"![Pareto front]({png.name})", ""]
     report = out_base.with_suffix(".report.md")
