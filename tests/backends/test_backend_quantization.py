@@ -11,7 +11,7 @@ from planner.models import denoiser_of
 
 STEPS = 2
 # Relative L2 error of the generated images (4 samples, 3 DDIM steps) against fp32.
-TOL = {"bf16": 0.05, "int8_dynamic": 0.08, "int8_weight_only": 0.05}
+TOL = {"bf16": 0.05, "int8_dynamic": 0.15, "int8_weight_only": 0.05}
 
 
 @pytest.fixture(scope="module", params=["digits-unet", "digits-dit"])
