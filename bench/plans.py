@@ -29,8 +29,9 @@ def main() -> int:
 
     rows = []
     for model in args.models:
-        out = args.out_dir / f"{model}.yaml"
-        cmd = [sys.executable, "-m", "planner.cli", "optimize", "--budget", args.budget, model, "--out", str(out),
+        out = (args.out_dir / f"{model}.yaml").resolve()
+        shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+        cmd = [sys.executable, "-m", "planner.cli", "optimize", "--budget", args.budget, model, "--out", str(shown),
                *[a for a in args.extra if a != "--"]]
         print("$", " ".join(cmd[2:]), flush=True)
         start = time.time()

@@ -31,8 +31,17 @@ def builtin_names() -> list[str]:
     return list(DEMO_MODELS) + [f"tiny-{f}" for f in TINY_FAMILIES]
 
 
+def _quiet_loading():
+    # diffusers draws a "Loading pipeline components" bar per load; a CLI that loads twice should not.
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+
+
 def _load_folder(path: Path, **kwargs):
     from diffusers import DiffusionPipeline
+
+    _quiet_loading()
 
     index = path / "model_index.json"
     try:
@@ -50,6 +59,7 @@ def _load_folder(path: Path, **kwargs):
 def _load_hub(model_id: str, **kwargs):
     from diffusers import DiffusionPipeline
 
+    _quiet_loading()
     # Try the local cache first so an offline machine fails in milliseconds, not after retries.
     try:
         return DiffusionPipeline.from_pretrained(model_id, use_safetensors=True, local_files_only=True, **kwargs)
@@ -57,8 +67,6 @@ def _load_hub(model_id: str, **kwargs):
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise PlannerError(f"{model_id}: not in the local cache and HF_HUB_OFFLINE is set "
                                f"({type(cached_exc).__name__})") from None
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
         return DiffusionPipeline.from_pretrained(model_id, use_safetensors=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types; the user needs one line
