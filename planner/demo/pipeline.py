@@ -42,9 +42,11 @@ class _DigitsPipeline(DiffusionPipeline):
     ):
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         batch = labels.numel()
+        # Latents and scheduler math stay in float32 whatever the denoiser runs in (bf16 plans): the same
+        # seed gives the same starting noise, and low precision stays inside the network.
         device, dtype = self._execution_device, self.denoiser.dtype
         labels = labels.to(device)
-        sample = randn_tensor(self._sample_shape(batch), generator=generator, device=device, dtype=dtype)
+        sample = randn_tensor(self._sample_shape(batch), generator=generator, device=device, dtype=torch.float32)
         if timesteps is not None:
             self.scheduler.set_timesteps(timesteps=list(timesteps), device=device)
         else:
@@ -60,7 +62,7 @@ class _DigitsPipeline(DiffusionPipeline):
             model_in = torch.cat([sample, sample]) if use_cfg else sample
             model_in = self.scheduler.scale_model_input(model_in, t)
             t_batch = t.reshape(1).expand(model_in.shape[0]).to(device)
-            eps = self.denoiser(model_in, t_batch, class_labels=cond).sample
+            eps = self.denoiser(model_in.to(dtype), t_batch, class_labels=cond).sample.float()
             if use_cfg:
                 eps_cond, eps_uncond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)

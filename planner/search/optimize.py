@@ -152,7 +152,10 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
     cand_pipe = load_pipeline(settings.model, device=settings.device)
     fp = fingerprint(denoiser_of(base_pipe))
     env = current_environment(settings.device)
-    study_name = settings.study_name or default_study_name(settings.model, str(budget), fp, settings.device, families)
+    measurement = {k: getattr(settings, k) for k in ("budget", "device", "batch", "resolution", "samples",
+                                                      "cheap_samples", "baseline_steps", "guidance_scale", "seed",
+                                                      "features", "reference")}
+    study_name = settings.study_name or default_study_name(settings.model, fp, dict(measurement, techniques=families))
     storage, storage_desc = open_storage(settings.storage, study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(storage, study_name, settings.seed)

@@ -25,10 +25,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("PLANNER_CACHE", ".planner-cache"))
 
 
-def default_study_name(model: str, budget: str, fingerprint: str, device: str, techniques: list[str]) -> str:
+def default_study_name(model: str, fingerprint: str, measurement: dict) -> str:
+    """Same model and same measurement settings -> same study, so a rerun resumes instead of mixing
+    trials measured differently (another budget, N, batch or seed gets a study of its own)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(model).name if os.sep in model else model).strip("-")[:40]
-    digest = hashlib.sha256(f"{budget}|{fingerprint}|{device}|{','.join(techniques)}".encode()).hexdigest()[:8]
-    return f"{slug}-{digest}"
+    text = fingerprint + "|" + "|".join(f"{k}={measurement[k]}" for k in sorted(measurement))
+    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def open_storage(url: str | None, study_name: str):
