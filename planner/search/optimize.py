@@ -35,6 +35,9 @@ from planner.search.work import algorithmic, flops_of
 from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families
 
 MAX_VERIFICATIONS = 5
+# Trials that count towards --trials across all workers (enqueued anchors still WAITING do not).
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+           optuna.trial.TrialState.RUNNING)
 # Known-good starting points, so the search never does worse than the usual hand-set recipes.
 ANCHORS = ({"sampler": "dpmpp_2m", "steps": 20}, {"sampler": "dpmpp_2m", "steps": 10},
            {"sampler": "unipc", "steps": 8}, {"sampler": "ddim", "steps": 12})
@@ -175,14 +178,14 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
                           baseline_flops=baseline_flops)
     done = len(finished(study))
     if done == 0 and not study.trials:
-        for anchor in ANCHORS:
+        for anchor in ANCHORS[:settings.trials]:
             study.enqueue_trial(anchor, skip_if_exists=True)
     remaining = max(0, settings.trials - done)
     if remaining:
         log(f"[planner] running {remaining} trials ({done} already in the study)")
         with ProgressBar(study, settings.trials, settings.timeout) as progress:
             study.optimize(objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
-                           callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=None), progress])
+                           callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=COUNTED), progress])
     else:
         log(f"[planner] study already has {done} finished trials; selecting and verifying")
     summary = {"model": settings.model, "study": study_name, "storage": storage_desc,
