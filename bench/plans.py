@@ -22,6 +22,7 @@ def main() -> int:
     parser.add_argument("--budget", default="fid+2")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "plans")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "plans.json")
+    parser.add_argument("--summarize-only", action="store_true", help="only re-read the plans and write the results")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="further `planner optimize` options after --")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -33,11 +34,14 @@ def main() -> int:
         shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
         cmd = [sys.executable, "-m", "planner.cli", "optimize", "--budget", args.budget, model, "--out", str(shown),
                *[a for a in args.extra if a != "--"]]
-        print("$", " ".join(cmd[2:]), flush=True)
-        start = time.time()
-        code = subprocess.call(cmd, cwd=ROOT)
-        seconds = time.time() - start
-        row = {"model": model, "budget": args.budget, "exit_code": code, "wall_seconds": round(seconds, 1)}
+        if args.summarize_only:
+            code, seconds = (0 if out.exists() else 1), None
+        else:
+            print("$", " ".join(cmd[2:]), flush=True)
+            start = time.time()
+            code = subprocess.call(cmd, cwd=ROOT)
+            seconds = round(time.time() - start, 1)
+        row = {"model": model, "budget": args.budget, "exit_code": code, "wall_seconds": seconds}
         if code == 0:
             plan = load_plan(out)
             m = plan.measured
@@ -46,6 +50,7 @@ def main() -> int:
                        work_ratio=None if m.work_ratio is None else round(m.work_ratio, 4),
                        baseline_steps=m.baseline_steps, plan_steps=plan.shapes.steps, batch=plan.shapes.batch,
                        threads=m.threads, trials=plan.provenance.trials_run,
+                       search_seconds=plan.provenance.search_seconds, command=plan.provenance.command,
                        metrics=[r.model_dump() for r in m.metrics], verify_seeds=list(m.verify_seeds),
                        search_seeds=list(m.search_seeds))
         rows.append(row)

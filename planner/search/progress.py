@@ -16,6 +16,7 @@ class ProgressBar:
 
     def __enter__(self):
         done = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+        self.done = min(done, self.total)  # tqdm does not count when disabled (logs, CI)
         # A live bar on a terminal; one line per trial in logs and CI (tqdm's \r updates read badly there).
         self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="trials", unit="trial",
                         file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
@@ -28,13 +29,15 @@ class ProgressBar:
     def _postfix(self) -> None:
         feasible = [t.user_attrs["speedup"] for t in self.study.get_trials(deepcopy=False)
                     if t.user_attrs.get("feasible") and "speedup" in t.user_attrs]
-        postfix = {"best feasible": f"{max(feasible):.2f}x" if feasible else "-"}
+        self.best = f"{max(feasible):.2f}x" if feasible else "-"
+        postfix = {"best feasible": self.best}
         if self.timeout:
             postfix["left"] = f"{max(0, self.timeout - (time.time() - self.start)):.0f}s"
         self.bar.set_postfix(postfix)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.bar.update(1)
+        self.done += 1
         self._postfix()
         if self.bar.disable:
             attrs = trial.user_attrs
@@ -42,5 +45,5 @@ class ProgressBar:
                 outcome = f"{attrs['speedup']:.2f}x, {'feasible' if attrs.get('feasible') else 'infeasible'}"
             else:
                 outcome = trial.state.name.lower() + (f" ({attrs['pruned_by']})" if "pruned_by" in attrs else "")
-            print(f"[planner] trial {trial.number} ({self.bar.n}/{self.total}): {attrs.get('label', '')}: {outcome}; "
-                  f"best feasible {self.bar.postfix}", file=sys.stderr, flush=True)
+            print(f"[planner] trial {trial.number} ({self.done}/{self.total}): {attrs.get('label', '')}: {outcome}; "
+                  f"best feasible so far {self.best}", file=sys.stderr, flush=True)
