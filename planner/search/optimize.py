@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from backends.technique import apply_all, config_from_dict
+from backends.technique import NotApplicable, apply_all, config_from_dict
 from planner.environment import current_environment
 from planner.errors import BudgetNotMet, PlannerError
 from planner.models import denoiser_of, fingerprint, load_pipeline
@@ -195,10 +195,18 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
                       key=lambda t: t.value)
     out = Path(settings.out)
     chosen, plan, message = None, None, ""
-    for trial in feasible[:MAX_VERIFICATIONS]:
+    tried = 0
+    for trial in feasible:
+        if tried == MAX_VERIFICATIONS:
+            break
         log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
             f"{settings.verify_samples} unseen seeds ...")
-        evaluation, latency, work_ratio, setup_s = _verify(ctx, objective, trial, baseline_flops)
+        try:
+            evaluation, latency, work_ratio, setup_s = _verify(ctx, objective, trial, baseline_flops)
+        except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
+            log(f"[planner]   cannot run here: {exc}")
+            continue
+        tried += 1
         if latency is None:
             log("[planner]   verification failed (conservative verdict):\n" + _indent(evaluation.table()))
             continue
