@@ -121,7 +121,10 @@ def fingerprint(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     config = getattr(module, "config", None)
     if config is not None:
-        digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+        # Private keys (`_name_or_path`, `_diffusers_version`, ...) say where and by what the model was
+        # loaded, not what it is: the same weights must fingerprint the same from any folder.
+        public = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
     digest.update(type(module).__name__.encode())
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()

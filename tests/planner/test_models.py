@@ -80,3 +80,9 @@ def test_split_is_fixed_and_disjoint():
     assert len(held) == 360 and len(train) + len(held) == 1797
     flat = {tuple(x.flatten().tolist()) for x in held}
     assert sum(tuple(x.flatten().tolist()) in flat for x in train) < 5  # sklearn digits has a few duplicates
+
+
+def test_fingerprint_does_not_depend_on_the_folder(digits_unet, tmp_path):
+    digits_unet.save_pretrained(tmp_path / "copy", safe_serialization=True)
+    copy = load_pipeline(str(tmp_path / "copy"))
+    assert fingerprint(copy.unet) == fingerprint(digits_unet.unet)

@@ -25,3 +25,11 @@ def test_shipped_plan_validates(path):
 def test_shipped_plan_passes_the_gate(path, tmp_path):
     assert main(["gate", str(path), "--samples", "300", "--junit", str(tmp_path / "gate.xml")]) == 0
     assert "failures=\"0\"" in (tmp_path / "gate.xml").read_text()
+
+
+@pytest.mark.parametrize("path", PLANS, ids=[p.name for p in PLANS])
+def test_shipped_plan_fits_its_built_in_model(path):
+    from planner.models import denoiser_of, fingerprint, load_pipeline
+
+    plan = load_plan(path)
+    assert fingerprint(denoiser_of(load_pipeline(plan.model.name))) == plan.model.fingerprint
