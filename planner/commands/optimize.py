@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", help="built-in name (digits-unet, digits-dit, tiny-*), diffusers folder or hub id")
     p.add_argument("--budget", required=True, help="quality budget, e.g. fid+2 or 'fid+2,acc-1' or psnr>=30")
     p.add_argument("--out", default=None, help="plan YAML to write (default ./MODEL.plan.yaml)")
-    p.add_argument("--trials", type=int, default=24, help="total trials in the study, across workers (default 24)")
+    p.add_argument("--trials", type=int, default=20, help="total trials in the study, across workers (default 20)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="sampler seed and first search seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -19,7 +19,7 @@ VERIFY_SEED_OFFSET = 500_000  # verification seeds never meet search seeds
 class SearchSettings:
     model: str
     budget: str
-    trials: int = 24
+    trials: int = 20
     timeout: float | None = None
     seed: int = 0
     device: str = "cpu"
