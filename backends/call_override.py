@@ -1,8 +1,8 @@
-"""Make a pipeline's own `__call__` use the plan's arguments (steps, timesteps), whatever the caller passes.
+"""Change what a pipeline's own `__call__` does, without touching its code.
 
-The pipeline's class is swapped for a one-off subclass whose `__call__` rewrites the arguments, so
-every diffusers pipeline is covered without touching its code; `undo()` puts the original class back.
-Overrides nest: remove them in reverse order (the composite handle does).
+The pipeline's class is swapped for a one-off subclass whose `__call__` wraps the original, so every
+diffusers pipeline is covered; `undo()` puts the original class back. Wrappers nest: remove them in
+reverse order (the composite handle does).
 """
 from __future__ import annotations
 
@@ -11,31 +11,36 @@ import inspect
 from typing import Any, Callable
 
 
-def override_call(pipe, overrides: dict[str, Any]) -> Callable[[], None]:
+def wrap_call(pipe, make_call: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """`make_call(base_call)` returns the new `__call__(self, *args, **kwargs)`; returns the undo."""
     cls = type(pipe)
     base_call = cls.__call__
-    signature = inspect.signature(base_call)
-    unknown = [k for k in overrides if k not in signature.parameters]
-    if unknown:
-        raise TypeError(f"{cls.__name__}.__call__ has no parameter {unknown[0]!r}")
-
-    @functools.wraps(base_call)
-    def __call__(self, *args, **kwargs):
-        bound = signature.bind_partial(self, *args, **kwargs)
-        arguments = dict(bound.arguments)
-        arguments.pop("self", None)
-        extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
-        arguments.update(extra)
-        arguments.update(overrides)
-        return base_call(self, **arguments)
-
-    subclass = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+    new_call = functools.wraps(base_call)(make_call(base_call))  # keeps the signature others inspect
+    subclass = type(cls.__name__, (cls,), {"__call__": new_call, "__module__": cls.__module__})
     object.__setattr__(pipe, "__class__", subclass)
 
     def undo() -> None:
         if type(pipe) is subclass:
             object.__setattr__(pipe, "__class__", cls)
     return undo
+
+
+def override_call(pipe, overrides: dict[str, Any]) -> Callable[[], None]:
+    """Make the pipeline use `overrides` (steps, timesteps) whatever the caller passes."""
+    signature = inspect.signature(type(pipe).__call__)
+    unknown = [k for k in overrides if k not in signature.parameters]
+    if unknown:
+        raise TypeError(f"{type(pipe).__name__}.__call__ has no parameter {unknown[0]!r}")
+
+    def make_call(base_call):
+        def __call__(self, *args, **kwargs):
+            arguments = dict(signature.bind_partial(self, *args, **kwargs).arguments)
+            arguments.pop("self", None)
+            arguments.update(arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {})
+            arguments.update(overrides)
+            return base_call(self, **arguments)
+        return __call__
+    return wrap_call(pipe, make_call)
 
 
 def call_parameters(pipe) -> set[str]:

@@ -10,12 +10,11 @@ techniques keep per-call state. For parallel serving, load one pipeline per work
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import threading
 import warnings
 
-from backends.call_override import override_call
+from backends.call_override import wrap_call
 from backends.technique import apply_all
 from planner.environment import current_environment, differences
 from planner.errors import PlannerError
@@ -74,32 +73,24 @@ def _call_shape(signature, args, kwargs) -> tuple[int | None, int | None]:
 
 def _guard(pipe, plan: Plan):
     """Serialise calls (per-pipeline lock) and warn once when the call's shapes differ from the tuned ones."""
-    cls = type(pipe)
-    base_call = cls.__call__
-    signature = inspect.signature(base_call)
+    signature = inspect.signature(type(pipe).__call__)
     lock = threading.RLock()
     warned = []
 
-    @functools.wraps(base_call)
-    def __call__(self, *args, **kwargs):
-        batch, resolution = _call_shape(signature, args, kwargs)
-        tuned = plan.shapes
-        if not warned and ((batch and batch != tuned.batch) or (resolution and tuned.resolution
-                                                                 and resolution != tuned.resolution)):
-            warned.append(True)
-            warnings.warn(f"plan tuned for batch {tuned.batch}, resolution {tuned.resolution}; this call asks "
-                          f"for batch {batch}, resolution {resolution}: it runs, but the measured speed-up "
-                          f"and quality were not checked at these shapes", stacklevel=2)
-        with lock:
-            return base_call(self, *args, **kwargs)
-
-    subclass = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
-    object.__setattr__(pipe, "__class__", subclass)
-
-    def undo() -> None:
-        if type(pipe) is subclass:
-            object.__setattr__(pipe, "__class__", cls)
-    return undo
+    def make_call(base_call):
+        def __call__(self, *args, **kwargs):
+            batch, resolution = _call_shape(signature, args, kwargs)
+            tuned = plan.shapes
+            if not warned and ((batch and batch != tuned.batch) or (resolution and tuned.resolution
+                                                                     and resolution != tuned.resolution)):
+                warned.append(True)
+                warnings.warn(f"plan tuned for batch {tuned.batch}, resolution {tuned.resolution}; this call "
+                              f"asks for batch {batch}, resolution {resolution}: it runs, but the measured "
+                              f"speed-up and quality were not checked at these shapes", stacklevel=2)
+            with lock:
+                return base_call(self, *args, **kwargs)
+        return __call__
+    return wrap_call(pipe, make_call)
 
 
 def check_plan_fits(pipe, plan: Plan, strict: bool = False) -> None:
@@ -130,4 +121,4 @@ def apply(pipe, plan: str | Plan, strict: bool = False) -> PlanHandle:
     return PlanHandle(plan, techniques, undo_guard)
 
 
-__all__ = ["apply", "PlanHandle", "PlanMismatch", "check_plan_fits", "override_call"]
+__all__ = ["apply", "PlanHandle", "PlanMismatch", "check_plan_fits"]
