@@ -9,7 +9,6 @@ observes, so outputs stay bit-identical.
 from __future__ import annotations
 
 import functools
-import functools
 from typing import Any, Callable
 
 _MISSING = object()

@@ -171,8 +171,7 @@ def save_grid(images: torch.Tensor, path, columns: int | None = None) -> None:
     picture = Image.fromarray(arr[..., 0] if c == 1 else arr[..., :3])
     scale = max(1, 256 // max(h, w))
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    tmp = f"{path}.tmp.png"
-    picture.save(tmp)
-    import os
+    from planner.atomic import atomic_path
 
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")

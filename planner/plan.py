@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from planner.atomic import write_text_atomic
 from planner.errors import PlannerError
 
 PLAN_VERSION = 1
@@ -201,17 +201,7 @@ def plan_to_yaml(plan: Plan) -> str:
 def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
     """Atomic: a reader sees the old file or the whole new one, never half a plan."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = plan_to_yaml(plan)
     parse_plan(text, source=str(path))  # never write what we could not read back
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     return path

@@ -29,8 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], seconds: float) -> None:
-    import os
-    import tempfile
+    from planner.atomic import write_text_atomic
 
     failures = sum(not ok for _, ok, _ in cases)
     lines = ['<?xml version="1.0" encoding="utf-8"?>',
@@ -43,11 +42,7 @@ def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], second
             lines.append(f'    <system-out>{escape(detail)}</system-out>')
         lines.append("  </testcase>")
     lines.append("</testsuite>")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def run(args) -> int:

@@ -53,7 +53,7 @@ def run(args) -> int:
     try:
         optimize(settings)
     except KeyboardInterrupt:
-        print(f"planner: interrupted; finished trials are kept in the study, rerun the same command to resume",
+        print("planner: interrupted; finished trials are kept in the study, rerun the same command to resume",
               file=sys.stderr)
         return 130
     return 0

@@ -9,7 +9,6 @@ import inspect
 
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput, UNet2DModel
-from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (any diffusers scheduler works)
 from diffusers.utils.torch_utils import randn_tensor
 
 from planner.demo.data import NULL_CLASS

@@ -9,7 +9,7 @@ import torch
 
 from planner.generation import Request, default_request, generate
 from planner.quality.budget import Budget
-from planner.quality.evaluate import DiskCache, Evaluator, cached_features, cached_generate, generation_key, resolve_reference
+from planner.quality.evaluate import DiskCache, Evaluator, cached_generate, generation_key, resolve_reference
 from planner.quality.features import get_extractor
 
 VERIFY_SEED_OFFSET = 500_000  # verification seeds never meet search seeds
@@ -60,13 +60,11 @@ class SearchContext:
         self.base_pipe, self.cand_pipe = base_pipe, cand_pipe
         self.fingerprint = model_fingerprint
         self.cache = DiskCache()
-        channels = None
         self.extractor = None
         self.reference = None
-        gen_kwargs = self.generation_kwargs()
         search_request = default_request(base_pipe, settings.samples, settings.seed)
         verify_request = default_request(base_pipe, settings.verify_samples, settings.seed + VERIFY_SEED_OFFSET)
-        self.search = self._baseline(search_request, gen_kwargs, channels)
+        self.search = self._baseline(search_request)
         self.cheap = Baseline(_subset(search_request, settings.cheap_samples),
                               self.search.images[:settings.cheap_samples], None)  # evaluator set below
         self.verify_request = verify_request
@@ -98,14 +96,14 @@ class SearchContext:
                                          self.settings.guidance_scale, "baseline"))
         return Evaluator(self.budget, images, self.reference, self.extractor, list(request.conditions))
 
-    def _baseline(self, request: Request, gen_kwargs: dict, channels) -> Baseline:
+    def _baseline(self, request: Request) -> Baseline:
         images = self._generate_baseline(request)
         return Baseline(request, images, self._evaluator(images, request))
 
     @property
     def verify(self) -> Baseline:
         if self._verify is None:
-            self._verify = self._baseline(self.verify_request, self.generation_kwargs(), None)
+            self._verify = self._baseline(self.verify_request)
         return self._verify
 
     # latency callables -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from planner.search.objective import Objective
 from planner.search.progress import ProgressBar
 from planner.search.report import write_report
 from planner.search.study import default_study_name, finished, open_storage, open_study
-from planner.search.work import algorithmic, flops_of
+from planner.search.work import flops_of
 from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families
 
 MAX_VERIFICATIONS = 5
