@@ -1,7 +1,8 @@
 """`planner gate PLAN`: re-check, on fresh seeds, that a plan still keeps its budget and its speed.
 
 Exit 0 when every budget clause holds at the conservative end of its CI and the speed-up measured side
-by side with the baseline is at least (1 - tolerance) x the plan's; 1 when not; 2 on bad input.
+by side with the baseline has not dropped below (1 - tolerance) x the plan's (the upper end of its CI
+reaches that floor); 1 when either no longer holds; 2 on bad input.
 """
 from __future__ import annotations
 
@@ -80,12 +81,14 @@ def run(args) -> int:
     latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch, repeats=args.repeats)
     handle.remove()
     floor = plan.measured.speedup * (1 - args.speed_tolerance)
-    speed_ok = latency.speedup >= floor
+    # Timing on shared machines is noisy: speed has regressed when even the CI's upper end of the measured
+    # speed-up is below the floor, i.e. the drop is real, not a burst of load during the measurement.
+    speed_ok = latency.speedup_ci[1] >= floor
     print(f"gate {args.plan} ({model}) on {args.samples} fresh seeds from {args.seed}:")
     print(evaluation.table())
     print(f"speed-up {latency.speedup:.2f}x (95% CI {latency.speedup_ci[0]:.2f}-{latency.speedup_ci[1]:.2f}, median of "
           f"{latency.repeats} interleaved pairs); plan says {plan.measured.speedup:.2f}x, floor {floor:.2f}x: "
-          f"{'holds' if speed_ok else 'REGRESSED'}")
+          f"{'holds' if speed_ok else 'REGRESSED (whole CI below the floor)'}")
     cases = []
     for r in evaluation.results:
         if r.measured is None:
@@ -94,7 +97,8 @@ def run(args) -> int:
             m = r.measured
             cases.append((str(r.clause), bool(r.conservative),
                           f"{m.name} = {m.value:.4g} [{m.ci_low:.4g}, {m.ci_high:.4g}] n={m.n}, bound {r.clause.bound:g}"))
-    cases.append(("speed-up", speed_ok, f"{latency.speedup:.3f}x measured vs floor {floor:.3f}x"))
+    cases.append(("speed-up", speed_ok, f"{latency.speedup:.3f}x measured (95% CI {latency.speedup_ci[0]:.3f}-"
+                                        f"{latency.speedup_ci[1]:.3f}) vs floor {floor:.3f}x"))
     if args.junit:
         _junit(args.junit, args.plan, cases, time.time() - start)
     ok = all(passed for _, passed, _ in cases)
