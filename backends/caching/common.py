@@ -323,6 +323,38 @@ class BlockReuseRuntime(CacheRuntime):
 
 # ------------------------------------------------------------------------------------------ counting
 
+class FirstBlockDecidesRuntime(BlockReuseRuntime):
+    """The first block always runs; after it, `decide(state)` says whether the rest of the stack is
+    reused this step (first-block cache, TeaCache). Holds the per-slot state, the consecutive-skip
+    count and the statistics those caches share."""
+
+    def __init__(self, pipe, blocks) -> None:
+        super().__init__(pipe, blocks)
+        self.state: dict[int, dict] = {}
+        self.skip_rest = False
+
+    def reset(self) -> None:
+        super().reset()
+        self.state.clear()
+        self.skip_rest = False
+
+    def on_denoiser_call(self, args, kwargs) -> None:
+        self.skip_rest = False
+
+    def want_reuse(self, k: int) -> bool:
+        return k > 0 and self.skip_rest
+
+    def record(self, state: dict, skip: bool) -> None:
+        """Book-keeping after the decision; a full step restarts the consecutive-skip count."""
+        if skip:
+            state["skips"] += 1
+            self.stats["reused"] += 1
+        else:
+            state["skips"] = 0
+            self.stats["computed"] += 1
+        self.skip_rest = skip
+
+
 def work_units(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The units whose evaluations measure a denoiser's work: transformer blocks, or a UNet's resnets,
     attentions and resamplers (so skipping a whole UNet block and skipping one sub-block both count)."""

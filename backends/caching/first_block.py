@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from backends.caching.common import BlockReuseRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
+from backends.caching.common import FirstBlockDecidesRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
 from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
 from planner.models import denoiser_of
 
@@ -23,23 +23,10 @@ class FirstBlockCacheConfig(TechniqueConfig):
     max_skips: int = Field(3, ge=1, le=100)
 
 
-class _FirstBlockCache(BlockReuseRuntime):
+class _FirstBlockCache(FirstBlockDecidesRuntime):
     def __init__(self, pipe, config: FirstBlockCacheConfig) -> None:
         super().__init__(pipe, transformer_blocks(denoiser_of(pipe)))
-        self.config = config
-        self.state: dict[int, dict] = {}   # slot -> {"ref": first residual at last full step, "skips": n}
-        self.skip_rest = False
-
-    def reset(self) -> None:
-        super().reset()
-        self.state.clear()
-        self.skip_rest = False
-
-    def on_denoiser_call(self, args, kwargs) -> None:
-        self.skip_rest = False
-
-    def want_reuse(self, k: int) -> bool:
-        return k > 0 and self.skip_rest
+        self.config = config   # state: slot -> {"ref": first residual at last full step, "skips": n}
 
     def after_compute(self, k: int, inputs: dict, residual) -> None:
         if k != 0:
@@ -49,13 +36,9 @@ class _FirstBlockCache(BlockReuseRuntime):
         ref = state["ref"]
         skip = (self.step > 0 and main is not None and ref is not None and ref.shape == main.shape
                 and state["skips"] < self.config.max_skips and rel_l1(main, ref) < self.config.threshold)
-        if skip:
-            state["skips"] += 1
-            self.stats["reused"] += 1
-        else:
-            state["skips"], state["ref"] = 0, main
-            self.stats["computed"] += 1
-        self.skip_rest = skip
+        if not skip:
+            state["ref"] = main
+        self.record(state, skip)
 
 
 @register(FirstBlockCacheConfig, applicable=needs_transformer_blocks)

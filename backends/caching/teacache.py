@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from backends.caching.common import BlockReuseRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
+from backends.caching.common import FirstBlockDecidesRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
 from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
 from planner.models import denoiser_of
 
@@ -39,13 +39,11 @@ def modulated_input_module(denoiser):
     return getattr(blocks[0][1], "norm1", None) if blocks else None
 
 
-class _TeaCache(BlockReuseRuntime):
+class _TeaCache(FirstBlockDecidesRuntime):
     def __init__(self, pipe, config: TeaCacheConfig) -> None:
         super().__init__(pipe, transformer_blocks(denoiser_of(pipe)))
         self.config = config
         self.poly = None if config.coefficients is None else np.asarray(config.coefficients, dtype=np.float64)
-        self.state: dict[int, dict] = {}
-        self.skip_rest = False
         self._captured = None
         self._timestep = None
         norm = modulated_input_module(self.denoiser)
@@ -76,17 +74,9 @@ class _TeaCache(BlockReuseRuntime):
             out = out * (1 + scale) + shift
         self._captured = out
 
-    def reset(self) -> None:
-        super().reset()
-        self.state.clear()
-        self.skip_rest = False
-
     def on_denoiser_call(self, args, kwargs) -> None:
-        self.skip_rest = False
+        super().on_denoiser_call(args, kwargs)
         self._captured = None
-
-    def want_reuse(self, k: int) -> bool:
-        return k > 0 and self.skip_rest
 
     def rescale(self, x: float) -> float:
         return x if self.poly is None else max(float(np.polyval(self.poly, x)), 0.0)
@@ -105,13 +95,9 @@ class _TeaCache(BlockReuseRuntime):
                 and prev.shape == indicator.shape and self.config.threshold > 0):
             state["acc"] += self.rescale(rel_l1(indicator, prev))
             skip = state["acc"] < self.config.threshold and state["skips"] < self.config.max_skips
-        if skip:
-            state["skips"] += 1
-            self.stats["reused"] += 1
-        else:
-            state["skips"], state["acc"] = 0, 0.0
-            self.stats["computed"] += 1
-        self.skip_rest = skip
+        if not skip:
+            state["acc"] = 0.0
+        self.record(state, skip)
 
 
 @register(TeaCacheConfig, applicable=needs_transformer_blocks)
