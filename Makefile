@@ -5,13 +5,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench peers oracle clean
 
 $(BIN)/planner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,postgres]"
 	@touch $@
 
 install: $(BIN)/planner
@@ -25,6 +25,14 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# Benchmarks against the peers and against an exhaustive grid (each under 30 minutes on 2 cores).
+peers: install
+	$(BIN)/pip install -q -e ".[dev,peers]"
+	$(BIN)/python -m bench.peers
+
+oracle: install
+	$(BIN)/python -m bench.oracle
 
 clean:
 	rm -rf $(VENV) .planner-cache digits-unet.plan.*

@@ -83,6 +83,20 @@ def build_scheduler(pipe, config: SamplerConfig):
     return cls.from_config(base, **kwargs)
 
 
+def _drop_foreign_step_kwargs(scheduler) -> None:
+    """DDIMPipeline passes DDIM-only keywords (`eta`, `use_clipped_model_output`) to `scheduler.step`;
+    another sampler's `step` rejects them. Drop what this scheduler does not take (it is a fresh
+    object owned by the handle, so patching the instance needs no undo)."""
+    params = inspect.signature(scheduler.step).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    original = scheduler.step
+
+    def step(*args, **kwargs):
+        return original(*args, **{k: v for k, v in kwargs.items() if k in params})
+    scheduler.step = step
+
+
 def _has_scheduler(pipe) -> str | None:
     return None if getattr(pipe, "scheduler", None) is not None else "pipeline has no scheduler"
 
@@ -102,6 +116,7 @@ def apply_sampler(pipe, config: SamplerConfig) -> Handle:
         if max(config.timesteps) >= scheduler.config.num_train_timesteps:
             raise ConfigError(f"params.timesteps: must be below {scheduler.config.num_train_timesteps}")
         overrides = {"num_inference_steps": None, "timesteps": list(config.timesteps)}
+    _drop_foreign_step_kwargs(scheduler)
     undo_scheduler = patch_attr(pipe, "scheduler", scheduler)
     undo_call = override_call(pipe, overrides)
 

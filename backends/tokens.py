@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from backends.steps import patch_attr
-from backends.technique import STAGE_TOKENS, Handle, NotApplicable, TechniqueConfig, register
+from backends.technique import STAGE_TOKENS, Handle, TechniqueConfig, register
 
 
 class ToMeConfig(TechniqueConfig):

@@ -26,12 +26,21 @@ def _device(pipe) -> torch.device:
     return torch.device("cpu")
 
 
+def available_modes(pipe) -> list[str]:
+    """The precision modes other than fp32 that this pipeline's device supports."""
+    return [m for m in supported_modes(_device(pipe)) if m != "fp32"]
+
+
+def mode_param(pipe) -> str:
+    """The Optuna parameter name of the mode: one per device and set of modes (a fixed distribution per name)."""
+    return f"quant_mode_{_device(pipe).type}_" + "_".join(available_modes(pipe))
+
+
 def suggest_quantization(trial, profile, pipe) -> QuantizeConfig | None:
-    device = _device(pipe)
-    modes = [m for m in supported_modes(device) if m != "fp32"]
+    modes = available_modes(pipe)
     if not modes:
         return None
-    mode = trial.suggest_categorical(f"quant_mode_{device.type}_" + "_".join(modes), ["none", *modes])
+    mode = trial.suggest_categorical(mode_param(pipe), ["none", *modes])
     if mode == "none":
         return None
     preset = trial.suggest_categorical("quant_exclude", list(EXCLUDE_PRESETS))

@@ -18,8 +18,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size the plan is tuned and timed for (default 8)")
     p.add_argument("--resolution", type=int, default=None, help="image size for pipelines that take height/width")
     p.add_argument("--techniques", default="", help="comma list of families: sampler,quant,tokens,cache,compile")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: journal file in .planner-cache)")
-    p.add_argument("--study-name", default=None, help="study to create or join (default: derived from the inputs)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by all workers, e.g. postgresql://USER:PW@HOST/DB "
+                        "(default: $PLANNER_STORAGE, else a journal file in .planner-cache)")
+    p.add_argument("--study-name", default=None,
+                   help="study to create or join; give every worker the same (default: derived from the inputs)")
     p.add_argument("--features", default=None, help="FID features: digits, inception, or a TorchScript PATH")
     p.add_argument("--reference", default=None, help="folder of reference images (default: see README)")
     p.add_argument("--samples", type=int, default=200, help="samples per trial on search seeds (default 200)")

@@ -1,7 +1,7 @@
 """Train the demo models and the digits feature network, seeded and reproducible, on CPU.
 
-    python -m planner.demo.train unet      # ~15 min on 2 cores
-    python -m planner.demo.train dit       # ~15 min on 2 cores
+    python -m planner.demo.train unet      # ~14.5 min on 2 cores
+    python -m planner.demo.train dit       # ~12 min on 2 cores
     python -m planner.demo.train features  # ~1 min
 
 Weights are written as safetensors under planner/demo/weights/ (the shipped copies).

@@ -104,8 +104,6 @@ def cmd_evaluate(args) -> int:
     args.steps = args.steps or DEFAULT_STEPS
     args.sampler = args.sampler or ("keep" if plan is not None else "ddim")
 
-    import torch
-
     from planner.generation import default_request
     from planner.models import load_pipeline
     from planner.quality.evaluate import (REFERENCE_SEED_OFFSET, DiskCache, Evaluator, cached_features,

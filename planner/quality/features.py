@@ -56,7 +56,7 @@ def prepare(images, size: tuple[int, int], channels: int) -> torch.Tensor:
     elif isinstance(images, (list, tuple)):
         batch = [im.unsqueeze(0) if im.ndim == 3 else im for im in images]
     else:
-        raise PlannerError(f"images must be an (N, C, H, W) tensor or a list of (C, H, W) tensors")
+        raise PlannerError("images must be an (N, C, H, W) tensor or a list of (C, H, W) tensors")
     out = []
     for x in batch:
         x = x.detach().float().cpu()

@@ -14,7 +14,6 @@ import json
 import sys
 import time
 
-import numpy as np
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,9 @@ class SearchSettings:
     guidance_scale: float | None = None
     latency_repeats: int = 3     # per trial; the final verification uses at least 7
     threads: int | None = None
+    # Optional restriction of the search space: Optuna parameter name -> allowed values (see
+    # search_spaces.compose.RestrictedTrial); None searches every family's full range.
+    space: dict | None = None
     out: str = "plan.yaml"
     command: str = ""
 

@@ -44,6 +44,15 @@ def hopeless(evaluation) -> str | None:
     return None
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
 def _finite_images(images: torch.Tensor) -> bool:
     return bool(torch.isfinite(images).all())
 
@@ -57,8 +66,27 @@ class Objective:
         self.baseline_flops = baseline_flops
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """One trial. Out of memory is infeasible; other exceptions propagate (the worker loop records
+        them on the trial as `error`); a NaN/inf value fails the trial, with its reason recorded."""
+        try:
+            value = self._trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any technique may fail in its own way
+            if _out_of_memory(exc):
+                # Too big at this batch on this device: infeasible, so the sampler learns to avoid it.
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                return self._infeasible(trial, f"out of memory: {first_line(exc)}")
+            raise
+        if not math.isfinite(value):  # NaN makes Optuna fail the trial (inf too, here); say why
+            trial.set_user_attr("error", f"objective value {value}")
+            return math.nan
+        return value
+
+    def _trial(self, trial: optuna.Trial) -> float:
         ctx = self.ctx
-        configs = suggest_configs(trial, ctx.cand_pipe, self.families, self.profile_for)
+        configs = suggest_configs(trial, ctx.cand_pipe, self.families, self.profile_for, space=ctx.settings.space)
         trial.set_user_attr("techniques", [c.to_dict() for c in configs])
         trial.set_user_attr("label", " + ".join(c.label() for c in configs) or "identity")
         if self.cost_model is not None:
@@ -117,10 +145,12 @@ class Objective:
 
     def _infeasible(self, trial, reason: str) -> float:
         """Recorded, marked infeasible, and the search goes on."""
-        trial.set_user_attr("error", reason)
+        trial.set_user_attr("infeasible_because", reason)
         trial.set_user_attr("feasible", False)
+        already = trial.constraints  # set when the failure came after the full-stage evaluation
         for clause in self.ctx.budget:
-            trial.set_constraint(str(clause), INFEASIBLE)
+            if str(clause) not in already:
+                trial.set_constraint(str(clause), INFEASIBLE)
         return INFEASIBLE
 
     def counted_work(self, configs) -> float | None:

@@ -6,11 +6,20 @@ The search minimises measured latency (ratio to the baseline, interleaved) subje
 (Optuna constraints, point verdict on the search seeds). The fastest feasible configurations are then
 verified on disjoint seeds with more samples and the conservative verdict; the first that holds
 becomes the plan. A plan whose verification failed is never written.
+
+Many workers may run the same command against one storage (`--storage`, `--study-name`): each evaluates
+trials on its own device until the study holds `--trials` of them; the worker that finds no trial still
+running elsewhere writes the plan, the others say so and exit 0. `plan_from_study` selects, verifies and
+writes the plan of an existing study without running trials.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +37,18 @@ from planner.search.context import SearchContext, SearchSettings
 from planner.search.cost_model import CostModel
 from planner.search.latency import interleaved_ratio
 from planner.search.objective import Objective
-from planner.search.progress import ProgressBar
 from planner.search.report import write_report
-from planner.search.study import default_study_name, finished, open_storage, open_study
+from planner.search.study import (counted, default_study_name, finished, join_study, journal_path, open_storage,
+                                  running)
+from planner.search.workers import run_trials
 from planner.search.work import flops_of
-from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families
+from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families, within_space
 
 MAX_VERIFICATIONS = 5
-# Trials that count towards --trials across all workers (enqueued anchors still WAITING do not).
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
-           optuna.trial.TrialState.RUNNING)
+# Settings every worker of a study must share (they decide what a trial measures); stored in the study.
+MEASUREMENT = ("budget", "batch", "resolution", "samples", "baseline_steps", "guidance_scale", "seed", "features",
+               "reference", "techniques")
+PER_WORKER = ("storage", "study_name", "out", "threads", "timeout")  # not stored in the study
 # Known-good starting points, so the search never does worse than the usual hand-set recipes.
 ANCHORS = ({"sampler": "dpmpp_2m", "steps": 20}, {"sampler": "dpmpp_2m", "steps": 10},
            {"sampler": "unipc", "steps": 8}, {"sampler": "ddim", "steps": 12})
@@ -82,18 +93,25 @@ def _profile_provider(pipe, ctx):
     return profile_for
 
 
-def _check_worker(study: optuna.Study, env: dict, fp: str) -> None:
-    tuned = study.user_attrs.get("environment")
+def _check_worker(study: optuna.Study, env: dict, fp: str, measurement: dict | None = None) -> None:
+    """Refuse to join a study tuned on other hardware, for another model, or measured differently."""
+    name, tuned = study.study_name, study.user_attrs.get("environment")
     if tuned is None:
         study.set_user_attr("environment", env)
         study.set_user_attr("model_fingerprint", fp)
         return
-    if study.user_attrs.get("model_fingerprint") != fp:
-        raise PlannerError(f"study {study.study_name} tunes model {study.user_attrs.get('model_fingerprint')}, "
-                           f"this worker loaded {fp}")
     if tuned.get("device_name") != env["device_name"] or tuned.get("device", "").split(":")[0] != env["device"].split(":")[0]:
-        raise PlannerError(f"study {study.study_name} was tuned on {tuned.get('device')} ({tuned.get('device_name')}); "
+        raise PlannerError(f"study {name} was tuned on {tuned.get('device')} ({tuned.get('device_name')}); "
                            f"this worker is {env['device']} ({env['device_name']}): use another --study-name")
+    if study.user_attrs.get("model_fingerprint", fp) != fp:
+        raise PlannerError(f"study {name} tunes model {study.user_attrs.get('model_fingerprint')}, "
+                           f"this worker loaded {fp}: use another --study-name")
+    stored = study.user_attrs.get("settings") or {}
+    for key, value in (measurement or {}).items():
+        if key in stored and stored[key] != json.loads(json.dumps(value)):
+            flag = "--guidance" if key == "guidance_scale" else "--" + key.replace("_", "-")
+            raise PlannerError(f"study {name} measures with {flag} {stored[key]}, this worker with {value}: "
+                               f"start every worker with the same options")
 
 
 def _verify(ctx, objective, trial, baseline_flops):
@@ -143,26 +161,31 @@ def _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary) -> 
                               trials_run=summary["trials"], search_seconds=round(summary["seconds"], 1)))
 
 
-def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
-    start = time.time()
-    if settings.trials < 1:
-        raise PlannerError("--trials: must be at least 1")
+@dataclass
+class _Session:
+    """One worker's view of a search: its study and everything trials are measured against."""
+    settings: SearchSettings
+    budget: object
+    families: list[str]
+    study: optuna.Study
+    study_name: str
+    storage_desc: str
+    ctx: SearchContext
+    objective: Objective
+    baseline_flops: float | None
+    start: float
+
+
+def _load(settings: SearchSettings):
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    budget = parse_budget(settings.budget)
-    families = _families(settings.techniques)
     base_pipe = load_pipeline(settings.model, device=settings.device)
     cand_pipe = load_pipeline(settings.model, device=settings.device)
-    fp = fingerprint(denoiser_of(base_pipe))
-    env = current_environment(settings.device)
-    measurement = {k: getattr(settings, k) for k in ("budget", "device", "batch", "resolution", "samples",
-                                                      "cheap_samples", "baseline_steps", "guidance_scale", "seed",
-                                                      "features", "reference")}
-    study_name = settings.study_name or default_study_name(settings.model, fp, dict(measurement, techniques=families))
-    storage, storage_desc = open_storage(settings.storage, study_name)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(storage, study_name, settings.seed)
-    _check_worker(study, env, fp)
+    return base_pipe, cand_pipe, fingerprint(denoiser_of(base_pipe)), current_environment(settings.device)
+
+
+def _prepare(settings, budget, families, pipes, study, study_name, storage_desc, start, log) -> _Session:
+    base_pipe, cand_pipe, fp, env = pipes
     log(f"[planner] {settings.model} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
         f"techniques {','.join(families)}; study {study_name} in {storage_desc}")
     log(f"[planner] baseline: {settings.baseline_steps} steps; generating {settings.samples} search and "
@@ -176,19 +199,105 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
     objective = Objective(ctx, families, _profile_provider(cand_pipe, ctx) if "cache" in families else None,
                           cost_model=CostModel(study, settings.baseline_steps, settings.seed),
                           baseline_flops=baseline_flops)
-    done = len(finished(study))
-    if done == 0 and not study.trials:
-        for anchor in ANCHORS[:settings.trials]:
+    return _Session(settings, budget, families, study, study_name, storage_desc, ctx, objective, baseline_flops, start)
+
+
+def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
+    start = time.time()
+    if settings.trials < 1:
+        raise PlannerError("--trials: must be at least 1")
+    budget = parse_budget(settings.budget)
+    families = _families(settings.techniques)
+    pipes = _load(settings)
+    fp, env = pipes[2], pipes[3]
+    measurement = {k: getattr(settings, k) for k in ("budget", "device", "batch", "resolution", "samples",
+                                                      "cheap_samples", "baseline_steps", "guidance_scale", "seed",
+                                                      "features", "reference")}
+    if settings.space:  # a restricted search is a study of its own
+        measurement["space"] = sorted((k, list(v)) for k, v in settings.space.items())
+    study_name = settings.study_name or default_study_name(settings.model, fp, dict(measurement, techniques=families))
+    storage, storage_desc = open_storage(settings.storage, study_name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, created = join_study(storage, study_name, settings.seed)
+    if created:
+        stored = {k: v for k, v in dataclasses.asdict(settings).items() if k not in PER_WORKER}
+        study.set_user_attr("settings", json.loads(json.dumps(dict(stored, techniques=families), default=str)))
+        study.set_user_attr("environment", env)
+        study.set_user_attr("model_fingerprint", fp)
+        for anchor in [a for a in ANCHORS if within_space(a, settings.space)][:settings.trials]:
             study.enqueue_trial(anchor, skip_if_exists=True)
-    remaining = max(0, settings.trials - done)
-    if remaining:
-        log(f"[planner] running {remaining} trials ({done} already in the study)")
-        with ProgressBar(study, settings.trials, settings.timeout) as progress:
-            study.optimize(objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
-                           callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=COUNTED), progress])
-    else:
-        log(f"[planner] study already has {done} finished trials; selecting and verifying")
-    summary = {"model": settings.model, "study": study_name, "storage": storage_desc,
+    shared = dict({k: getattr(settings, k) for k in MEASUREMENT if k != "techniques"}, techniques=families)
+    _check_worker(study, env, fp, shared)
+    session = _prepare(settings, budget, families, pipes, study, study_name, storage_desc, start, log)
+    run_trials(study, session.objective, settings.trials, settings.timeout,
+               heartbeat=isinstance(storage, optuna.storages.RDBStorage), log=log)
+    others = running(study)
+    if others:
+        message = (f"{len(others)} trial(s) still running in other workers ({', '.join(str(t.number) for t in others)}); "
+                   f"the worker that finishes last writes the plan, or run: planner plan-from-study "
+                   f"--study-name {study_name} --storage {storage_desc}")
+        log(f"[planner] {message}")
+        return OptimizeResult(None, None, study_name, storage_desc, counted(study), message=message)
+    return _select_and_write(session, log)
+
+
+def plan_from_study(study_name: str, storage_url: str | None = None, out: str | None = None,
+                    threads: int | None = None, log=print) -> OptimizeResult:
+    """Select, verify and write the plan of an existing study (no new trials), with its stored settings."""
+    start = time.time()
+    if not (storage_url or os.environ.get("PLANNER_STORAGE")) and not journal_path(study_name).exists():
+        raise PlannerError(f"--study-name {study_name}: no such study in {journal_path(study_name).parent}; "
+                           f"pass the --storage the workers used")
+    storage, storage_desc = open_storage(storage_url, study_name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise PlannerError(f"--study-name {study_name}: no such study in {storage_desc}") from None
+    stored = study.user_attrs.get("settings")
+    if not stored:
+        raise PlannerError(f"study {study_name} was not created by `planner optimize` (no stored settings)")
+    known = {f.name for f in dataclasses.fields(SearchSettings)}
+    values = {k: v for k, v in stored.items() if k in known}
+    settings = SearchSettings(**dict(values, techniques=tuple(values.get("techniques", ())), storage=storage_url,
+                                     study_name=study_name, threads=threads,
+                                     out=out or f"{values['model'].strip('/').replace('/', '--')}.plan.yaml"))
+    budget = parse_budget(settings.budget)
+    pipes = _load(settings)
+    _check_worker(study, pipes[3], pipes[2])
+    others = running(study)
+    if others:
+        log(f"[planner] note: {len(others)} trial(s) still running; choosing among the {len(finished(study))} finished")
+    session = _prepare(settings, budget, list(settings.techniques), pipes, study, study_name, storage_desc, start, log)
+    return _select_and_write(session, log)
+
+
+def _closest(study, budget) -> str:
+    """The trial nearest to meeting the budget (smallest worst clause margin, on all search samples or
+    on the cascade's first stage when it was pruned there), for the message when none met it."""
+    best, best_gap = None, math.inf
+    for t in study.get_trials(deepcopy=False):
+        values = t.user_attrs.get("metrics") or t.user_attrs.get("cheap")
+        if not values:
+            continue
+        gaps = []
+        for clause in budget:
+            v = values.get(str(clause))
+            finite = v is not None and math.isfinite(v)
+            gaps.append(math.inf if not finite else v - clause.bound if clause.upper_bound else clause.bound - v)
+        if max(gaps) < best_gap:
+            best, best_gap = t, max(gaps)
+    if best is None:
+        return ""
+    values = best.user_attrs.get("metrics") or best.user_attrs["cheap"]
+    shown = ", ".join(f"{k}: {v:.3g}" for k, v in values.items() if v is not None)
+    return f"; closest: trial {best.number} ({best.user_attrs.get('label', '')}) with {shown}"
+
+
+def _select_and_write(session: _Session, log) -> OptimizeResult:
+    settings, study, ctx, budget = session.settings, session.study, session.ctx, session.budget
+    start = session.start
+    summary = {"model": settings.model, "study": session.study_name, "storage": session.storage_desc,
                "trials": len(finished(study)), "seconds": time.time() - start}
     feasible = sorted((t for t in study.get_trials(deepcopy=False)
                        if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")),
@@ -202,7 +311,7 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
         log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
             f"{settings.verify_samples} unseen seeds ...")
         try:
-            evaluation, latency, work_ratio, setup_s = _verify(ctx, objective, trial, baseline_flops)
+            evaluation, latency, work_ratio, setup_s = _verify(ctx, session.objective, trial, session.baseline_flops)
         except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
             log(f"[planner]   cannot run here: {exc}")
             continue
@@ -219,7 +328,8 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
         best = feasible[0] if feasible else None
         message = (f"no configuration met {budget} on verification; best on the search seeds: "
                    f"{best.user_attrs['label']} at {best.user_attrs['speedup']:.2f}x" if best else
-                   f"no configuration met {budget} on the search seeds in {summary['trials']} trials")
+                   f"no configuration met {budget} on the search seeds in {summary['trials']} trials"
+                   + _closest(study, budget))
     summary_out = dict(summary, seconds=round(time.time() - start, 1), chosen_trial=chosen)
     report = write_report(study, budget, out, chosen, summary_out)
     if plan is None:
@@ -230,7 +340,7 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
         f"(95% CI {m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f}; counted work ratio "
         f"{m.work_ratio if m.work_ratio is None else round(m.work_ratio, 3)}), {summary['trials']} trials, "
         f"{time.time() - start:.0f}s; report {report[1]}")
-    return OptimizeResult(plan, out, study_name, storage_desc, summary["trials"], report)
+    return OptimizeResult(plan, out, session.study_name, session.storage_desc, summary["trials"], report)
 
 
 def _indent(text: str) -> str:

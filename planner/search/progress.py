@@ -7,6 +7,8 @@ import time
 import optuna
 from tqdm import tqdm
 
+from planner.search.study import counts
+
 
 class ProgressBar:
     def __init__(self, study: optuna.Study, total: int, timeout: float | None) -> None:
@@ -15,16 +17,19 @@ class ProgressBar:
         self.bar = None
 
     def __enter__(self):
-        done = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
-        self.done = min(done, self.total)  # tqdm does not count when disabled (logs, CI)
+        self.done = self._done()  # tqdm does not count when disabled (logs, CI)
         # A live bar on a terminal; one line per trial in logs and CI (tqdm's \r updates read badly there).
-        self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="trials", unit="trial",
+        self.bar = tqdm(total=self.total, initial=self.done, desc="trials", unit="trial",
                         file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
         self._postfix()
         return self
 
     def __exit__(self, *exc):
         self.bar.close()
+
+    def _done(self) -> int:
+        """Trials of the whole study (all workers) that count towards the total and have finished."""
+        return min(self.total, sum(counts(t) and t.state.is_finished() for t in self.study.get_trials(deepcopy=False)))
 
     def _postfix(self) -> None:
         feasible = [t.user_attrs["speedup"] for t in self.study.get_trials(deepcopy=False)
@@ -36,8 +41,9 @@ class ProgressBar:
         self.bar.set_postfix(postfix)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.bar.update(1)
-        self.done += 1
+        done = self._done()
+        self.bar.update(max(0, done - self.done))
+        self.done = done
         self._postfix()
         if self.bar.disable:
             attrs = trial.user_attrs

@@ -1,15 +1,22 @@
-"""Where a study lives and how it is opened: many workers, one study, resumable.
+"""Where a study lives and how workers share it: many workers, one study, resumable.
 
 Default storage is an Optuna journal file under the project-local cache (`.planner-cache/studies/`):
 no server, and several processes on one machine may share it (the journal uses file locks).
 `--storage postgresql://...` (or PLANNER_STORAGE) puts the study in a database any number of
 machines can join; heartbeats there let a dead worker's running trial be failed and retried.
+
+Which trials count towards `--trials` (across all workers): those that produced a result or failed on
+their own (COMPLETE, PRUNED, FAIL with an `error` attribute) and those still RUNNING. A trial that failed
+because its worker was interrupted or died is re-run instead: by the heartbeat's retry on a database,
+or, on the journal, by the next worker started on the same machine (`reclaim_dead_trials`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -17,12 +24,30 @@ import optuna
 
 from planner.errors import PlannerError
 
-HEARTBEAT_S = 30
-GRACE_S = 120
+HEARTBEAT_S = 30   # a RUNNING trial records a heartbeat this often (database storage only)
+GRACE_S = 120      # ... and is failed (then retried once) when none came for this long
+OVER_CAP = "over the --trials cap"
+TrialState = optuna.trial.TrialState
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("PLANNER_CACHE", ".planner-cache"))
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace) in seconds; PLANNER_HEARTBEAT_S / PLANNER_GRACE_S override (tests use ~1-3 s)."""
+    try:
+        beat = int(os.environ.get("PLANNER_HEARTBEAT_S", HEARTBEAT_S))
+        grace = int(os.environ.get("PLANNER_GRACE_S", GRACE_S if beat == HEARTBEAT_S else 3 * beat))
+    except ValueError:
+        raise PlannerError("PLANNER_HEARTBEAT_S / PLANNER_GRACE_S: must be whole seconds") from None
+    if beat < 1 or grace <= beat:
+        raise PlannerError("PLANNER_HEARTBEAT_S / PLANNER_GRACE_S: need 1 <= heartbeat < grace")
+    return beat, grace
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def default_study_name(model: str, fingerprint: str, measurement: dict) -> str:
@@ -33,10 +58,14 @@ def default_study_name(model: str, fingerprint: str, measurement: dict) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
+def journal_path(study_name: str) -> Path:
+    return cache_root() / "studies" / f"{study_name}.journal"
+
+
 def open_storage(url: str | None, study_name: str):
     url = url or os.environ.get("PLANNER_STORAGE")
     if not url:
-        path = cache_root() / "studies" / f"{study_name}.journal"
+        path = journal_path(study_name)
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
@@ -46,32 +75,148 @@ def open_storage(url: str | None, study_name: str):
 
         Path(url[len("journal:"):]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):])), url
-    if url.startswith(("postgresql", "mysql", "sqlite")):
-        try:
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
-        except Exception as exc:  # noqa: BLE001 - driver and connection errors vary
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PlannerError(f"--storage {_redact(url)}: cannot open ({first[:160]})") from None
-        return storage, _redact(url)
+    if url.startswith(("postgres", "mysql", "sqlite")):
+        return _rdb_storage(database_url(url), shown=_redact(url)), _redact(url)
     raise PlannerError(f"--storage {_redact(url)}: use postgresql://..., mysql://..., sqlite:///PATH or journal:PATH")
+
+
+def database_url(url: str) -> str:
+    """A plain postgresql:// URL names no driver; SQLAlchemy 2.1 then wants psycopg 3. Use psycopg2 (the
+    `postgres` extra) when that is what is installed."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2{sep}{rest}"
+    return f"postgresql{sep}{rest}"
+
+
+def _rdb_storage(url: str, shown: str, attempts: int = 4):
+    beat, grace = heartbeat_settings()
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=beat, grace_period=grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+        except Exception as exc:  # noqa: BLE001 - driver and connection errors vary
+            # Workers starting together on an empty database race to create Optuna's tables
+            # (PostgreSQL: duplicate key in pg_type); the loser's retry finds them made.
+            if attempt + 1 < attempts and type(exc).__name__ in ("IntegrityError", "ProgrammingError"):
+                time.sleep(1.0 + attempt)
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PlannerError(f"--storage {shown}: cannot open ({first[:160]})") from None
 
 
 def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
-def open_study(storage, study_name: str, seed: int) -> optuna.Study:
-    """TPE, seeded; constraints come from `trial.set_constraint` (<= 0 is feasible) in the objective."""
+def _sampler(seed: int) -> optuna.samplers.TPESampler:
+    # constant_liar (Optuna's default) keeps parallel workers away from configurations still running.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6)
-    return optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, direction="minimize",
-                               load_if_exists=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6,
+                                          constant_liar=True)
+
+
+def join_study(storage, study_name: str, seed: int) -> tuple[optuna.Study, bool]:
+    """Create the study, or join it when it exists; returns (study, created).
+
+    TPE, seeded; constraints come from `trial.set_constraint` (<= 0 is feasible) in the objective. The
+    worker that creates the study samples with `seed`; a joining worker mixes in its host, pid and
+    time, or every worker would draw the same startup configurations. Measurement seeds are unchanged.
+    """
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, sampler=_sampler(seed),
+                                    direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        mixed = int(hashlib.sha256(f"{seed}|{worker_id()}|{time.time_ns()}".encode()).hexdigest()[:8], 16)
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(mixed)), False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["latency_ratio"])  # optuna-dashboard shows a named objective
+    return study, True
+
+
+def open_study(storage, study_name: str, seed: int) -> optuna.Study:
+    return join_study(storage, study_name, seed)[0]
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return study.get_trials(deepcopy=False, states=states)
+
+
+def counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Does this trial count towards --trials? (See the module docstring.)"""
+    if trial.state == TrialState.PRUNED:
+        return trial.user_attrs.get("pruned_by") != OVER_CAP
+    if trial.state == TrialState.FAIL:
+        return "error" in trial.user_attrs
+    return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
+
+
+def counted(study: optuna.Study, below: int | None = None) -> int:
+    """Trials counting towards the cap (only those numbered below `below`, if given)."""
+    return sum(counts(t) for t in study.get_trials(deepcopy=False) if below is None or t.number < below)
+
+
+def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+class TrialCap:
+    """Stops this worker's loop once the study holds `total` counted trials (all workers together)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if counted(study) >= self.total:
+            study.stop()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a trial recorded under our pid before we started is a dead predecessor's
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim_dead_trials(study: optuna.Study, heartbeat: bool) -> list[int]:
+    """Queue once more every trial that failed without an error of its own (interrupted, or its worker
+    died) and was not retried yet; returns the re-queued numbers. Without a heartbeat (journal storage)
+    RUNNING trials of dead workers on this machine are failed first: nothing else would ever end them."""
+    host = socket.gethostname()
+    for t in [] if heartbeat else running(study):
+        owner, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if owner == host and pid.isdigit() and not _alive(int(pid)):
+            try:
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            except (ValueError, RuntimeError):
+                continue  # another worker got there first
+    trials = study.get_trials(deepcopy=False)
+    retried = set()
+    for t in trials:
+        retried.update(t.system_attrs.get("retry_history", []))
+        if "retry_of" in t.user_attrs:
+            retried.add(t.user_attrs["retry_of"])
+    queued = []
+    for t in trials:
+        is_retry = "retry_of" in t.user_attrs or "failed_trial" in t.system_attrs
+        if (t.state == TrialState.FAIL and "error" not in t.user_attrs and t.params
+                and t.number not in retried and not is_retry):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            queued.append(t.number)
+    return queued

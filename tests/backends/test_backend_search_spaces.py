@@ -39,3 +39,31 @@ def test_compile_space():
     backends = {c.backend for c in configs if c is not None}
     assert "tensorrt" not in backends or torch.cuda.is_available()
     assert None in configs and "onnx" in backends
+
+
+def test_a_restricted_space_only_proposes_its_values():
+    import pytest
+
+    from planner.errors import PlannerError
+    from search_spaces.compose import RestrictedTrial, suggest_configs, within_space
+    from search_spaces.quantization import mode_param
+
+    pipe = demo_pipeline("digits-unet")
+    space = {"sampler": ["unipc"], "steps": [4, 8], "cache": ["none", "deepcache"], "deepcache.branch": [0],
+             "deepcache.interval": [2, 3], mode_param(pipe): ["none"]}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        configs = suggest_configs(trial, pipe, ["sampler", "quant", "cache"], None, space=space)
+        assert configs[0].name == "unipc" and configs[0].steps in (4, 8)
+        assert all(c.type != "quantize" for c in configs)
+        seen |= {(c.branch, c.interval) for c in configs if c.type == "deepcache"}
+        study.tell(trial, 0.0)
+    assert seen == {(0, 2), (0, 3)}
+    # parameters the space does not name keep their full range; a value a parameter cannot take is an error
+    assert 0.1 <= RestrictedTrial(study.ask(), space).suggest_float("other", 0.1, 0.2) <= 0.2
+    with pytest.raises(PlannerError, match="space.steps"):
+        RestrictedTrial(study.ask(), {"steps": [7]}).suggest_categorical("steps", [4, 8])
+    assert within_space({"sampler": "unipc", "steps": 8}, space) and not within_space({"steps": 20}, space)
+    assert within_space({"steps": 20}, None)

@@ -48,3 +48,15 @@ def test_removal_is_exact(digits_unet):
     generate(digits_unet, request)
     handle.remove()
     assert torch.equal(generate(digits_unet, request, steps=10), before)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc", "euler"])
+def test_other_samplers_run_under_ddim_pipeline(name):
+    """DDIMPipeline passes eta= to scheduler.step; the swapped-in sampler must still run."""
+    from planner.models import load_pipeline
+
+    pipe = load_pipeline("tiny-ddim")
+    handle = backends.apply(pipe, SamplerConfig(name=name, steps=3))
+    images = generate(pipe, Request((None,), (0,)))
+    handle.remove()
+    assert torch.isfinite(images).all()

@@ -42,6 +42,8 @@ def test_impossible_budget_exits_1_and_writes_no_plan(digits_unet, tmp_path, mon
     assert code == 1 and not out.exists()
     err = capsys.readouterr().err
     assert "no configuration met psnr>=200" in err
+    assert "closest: trial" in err and "psnr>=200: " in err  # reports the best it found
+    assert (tmp_path / "never.report.md").exists()
 
 
 @pytest.mark.parametrize("argv, needle", [
