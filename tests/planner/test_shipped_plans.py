@@ -33,3 +33,20 @@ def test_shipped_plan_fits_its_built_in_model(path):
 
     plan = load_plan(path)
     assert fingerprint(denoiser_of(load_pipeline(plan.model.name))) == plan.model.fingerprint
+
+
+def test_gate_fails_a_plan_whose_speed_claim_no_longer_holds(tmp_path, capsys):
+    """The gate re-measures side by side: a plan claiming 1000x fails with exit 1 and a JUnit failure;
+    a missing plan file is bad input (exit 2)."""
+    plan = load_plan(PLANS[0])
+    inflated = plan.model_copy(update={"measured": plan.measured.model_copy(update={"speedup": 1000.0})})
+    from planner.plan import save_plan
+
+    path = tmp_path / "inflated.yaml"
+    save_plan(inflated, path)
+    junit = tmp_path / "gate.xml"
+    code = main(["gate", str(path), "--samples", "20", "--repeats", "1", "--junit", str(junit)])
+    out = capsys.readouterr().out
+    assert code == 1 and "REGRESSED" in out and "gate: FAIL" in out
+    assert "vs floor 900.000x</failure>" in junit.read_text()  # the speed case (20 samples may fail quality too)
+    assert main(["gate", str(tmp_path / "missing.yaml")]) == 2
