@@ -47,7 +47,7 @@ from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families
 MAX_VERIFICATIONS = 5
 # Settings every worker of a study must share (they decide what a trial measures); stored in the study.
 MEASUREMENT = ("budget", "batch", "resolution", "samples", "baseline_steps", "guidance_scale", "seed", "features",
-               "reference", "techniques")
+               "reference", "techniques", "space")
 PER_WORKER = ("storage", "study_name", "out", "threads", "timeout")  # not stored in the study
 # Known-good starting points, so the search never does worse than the usual hand-set recipes.
 ANCHORS = ({"sampler": "dpmpp_2m", "steps": 20}, {"sampler": "dpmpp_2m", "steps": 10},
