@@ -1,6 +1,7 @@
 """The planner's search against an exhaustive grid over the same reduced space (digits-unet, fid+2).
 
-    .venv/bin/python -m bench.oracle            # the default grid, then `planner optimize` (default settings) on it
+    .venv/bin/python -m bench.oracle            # the default grid (54 points), then `planner optimize` on it
+    .venv/bin/python -m bench.oracle --grid large --workers 2   # 216 points over 2 processes
     .venv/bin/python -m bench.oracle --quick    # 4 grid points, toy sample counts: the plumbing only
 
 The space: sampler × steps × DeepCache (off, or branch 0 at interval k) × precision (fp32, or bf16 except
@@ -10,13 +11,14 @@ the in/out convolutions), i.e. the planner's own families `sampler`, `quant`, `c
 * Oracle: every grid point is one trial of the planner's own `Objective` on the planner's own
   `SearchContext` (same seeds and baseline, the same fidelity cascade and budget evaluator, the same
   interleaved latency, the same profile-derived DeepCache schedule), enqueued in a separate in-memory
-  Optuna study, without the cost model (it is exhaustive). Its feasible points, fastest first, are then
+  Optuna study, without the cost model (it is exhaustive), optionally split over worker processes. Its feasible points, fastest first, are then
   verified on unseen seeds by the function `planner optimize` uses; the first that holds is its best.
 * Planner: `planner.search.optimize.optimize` with default settings, restricted to the same space.
-* Both winners are finally timed side by side against the baseline in one session (the speed-ups
-  reported at the top level); the speed-ups each verification measured are kept beside them.
+* Both winners, each on its own pipeline, and the baseline are finally timed in rotating order within
+  every repeat, in one session (the speed-ups reported at the top level, and their ratio measured per
+  repeat); the speed-ups each verification measured are kept beside them.
 
-Results: bench/results/oracle.json (`--update-readme` also writes the summary line into README.md).
+Results: bench/results/oracle.json or oracle-large.json (`--update-readme` also writes the summary line into README.md).
 """
 from __future__ import annotations
 
@@ -29,11 +31,17 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, environment, fmt, now, short_label, update_readme, write_json
+from bench.oracle_grid import FAMILIES, evaluate_grid
 
-FAMILIES = ("sampler", "quant", "cache")
-# 3 x 3 x 3 x 2 = 54 points: what fits, with the baseline and the planner's own search, in 30 minutes on 2 cores
-GRID = {"samplers": ("ddim", "dpmpp_2m", "unipc"), "steps": (4, 6, 8), "intervals": (0, 2, 3),
-        "quant": ("none", "bf16")}
+GRIDS = {
+    # 3 x 3 x 3 x 2 = 54 points: what fits, with the planner's own search, in 30 minutes on 2 cores
+    "default": {"samplers": ("ddim", "dpmpp_2m", "unipc"), "steps": (4, 6, 8), "intervals": (0, 2, 3),
+                "quant": ("none", "bf16")},
+    # 4 x 6 x 3 x 3 = 216 points: the planner's 20 trials are <= 10% of it (about 40 minutes with 2 workers)
+    "large": {"samplers": ("ddim", "euler", "dpmpp_2m", "unipc"), "steps": (3, 4, 5, 6, 7, 8),
+              "intervals": (0, 2, 3), "quant": ("none", "bf16", "int8_dynamic")},
+}
+GRID = GRIDS["default"]
 QUICK_GRID = {"samplers": ("unipc",), "steps": (4, 8), "intervals": (0, 2), "quant": ("none",)}
 
 
@@ -75,38 +83,14 @@ def _evaluation_dict(evaluation) -> dict:
             for r in evaluation.results if r.measured is not None}
 
 
-def run_oracle(settings, points: list[dict], log) -> tuple[dict, object, object]:
+def run_oracle(settings, points: list[dict], log, workers: int = 1) -> tuple[dict, object, object]:
     """Every grid point as a planner trial, then the planner's verification. Returns (report, ctx, best configs)."""
-    import optuna
-
     from backends.technique import NotApplicable, config_from_dict
-    from planner.models import denoiser_of, fingerprint, load_pipeline
-    from planner.quality.budget import parse_budget
-    from planner.search.context import SearchContext
-    from planner.search.objective import Objective
-    from planner.search.optimize import MAX_VERIFICATIONS, _profile_provider, _verify
-    from planner.search.work import flops_of
+    from planner.search.optimize import MAX_VERIFICATIONS, _verify
 
-    base, cand = load_pipeline(settings.model), load_pipeline(settings.model)
-    ctx = SearchContext(settings, parse_budget(settings.budget), base, cand, fingerprint(denoiser_of(base)))
-    baseline_flops = flops_of(ctx.run_baseline_batch)
-    objective = Objective(ctx, list(FAMILIES), _profile_provider(cand, ctx), cost_model=None,
-                          baseline_flops=baseline_flops)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # every trial is enqueued, so the sampler never draws; in memory: the grid is not resumed
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=settings.seed))
-    for p in points:
-        study.enqueue_trial(p)
-
-    def progress(study, trial):
-        a = trial.user_attrs
-        result = (f"{a['speedup']:.2f}x {'feasible' if a.get('feasible') else 'infeasible'}" if "speedup" in a
-                  else a.get("pruned_by", trial.state.name.lower()))
-        log(f"[oracle] {trial.number + 1}/{len(points)} {short_label(a.get('techniques', []))}: {result}")
-
+    grid = evaluate_grid(settings, points, log, workers=workers)
+    study, ctx = grid.study, grid.ctx
     start = time.time()
-    study.optimize(objective, n_trials=len(points), catch=(Exception,), callbacks=[progress])
-    search_s, start = time.time() - start, time.time()
     best, verifications = None, 0
     for trial in _feasible(study):
         if verifications == MAX_VERIFICATIONS:
@@ -114,7 +98,7 @@ def run_oracle(settings, points: list[dict], log) -> tuple[dict, object, object]
         log(f"[oracle] verifying {short_label(trial.user_attrs['techniques'])} "
             f"on {settings.verify_samples} unseen seeds ...")
         try:
-            evaluation, latency, work_ratio, _ = _verify(ctx, objective, trial, baseline_flops)
+            evaluation, latency, work_ratio, _ = _verify(ctx, grid.objective, trial, grid.baseline_flops)
         except NotApplicable:
             continue
         verifications += 1
@@ -125,8 +109,9 @@ def run_oracle(settings, points: list[dict], log) -> tuple[dict, object, object]
                     "work_ratio": work_ratio, "verification": _evaluation_dict(evaluation)}
             break
     states = [t.state.name for t in study.trials]
-    report = {"evaluations": len(study.trials), "verifications": verifications, "search_s": search_s,
-              "verify_s": time.time() - start, "states": {s: states.count(s) for s in sorted(set(states))},
+    report = {"evaluations": len(study.trials), "verifications": verifications, "workers": grid.workers,
+              "search_s": grid.seconds, "verify_s": time.time() - start,
+              "states": {s: states.count(s) for s in sorted(set(states))},
               "feasible": len(_feasible(study)), "best": best,
               "points": [{"params": t.params, "label": short_label(t.user_attrs.get("techniques", [])),
                           "state": t.state.name,
@@ -183,21 +168,51 @@ def run_planner(settings, log) -> tuple[dict, list | None]:
 
 
 def side_by_side(ctx, configs_by_name: dict, repeats: int) -> dict:
-    """Each winner's latency ratio against the same baseline, one after the other, in one session."""
-    from backends.technique import apply_all
-    from planner.search.latency import interleaved_ratio
+    """The baseline and each winner on its own pipeline, timed in rotating order within every repeat, in one
+    session: per-repeat ratios cancel the machine's drift, and oracle/planner is measured directly."""
+    import numpy as np
 
-    out = {}
-    for name, configs in configs_by_name.items():
-        if configs is None:
-            out[name] = None
-            continue
-        handle = apply_all(ctx.cand_pipe, configs)
-        try:
-            latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch, repeats=repeats)
-        finally:
-            handle.remove()
-        out[name] = {"speedup": latency.speedup, "speedup_ci": list(latency.speedup_ci), "repeats": repeats}
+    from backends.technique import apply_all
+    from planner.generation import generate
+    from planner.models import load_pipeline
+    from planner.search.latency import _timed
+
+    runs, handles = {"baseline": ctx.run_baseline_batch}, []
+    try:
+        for name, configs in configs_by_name.items():
+            if configs is None:
+                continue
+            pipe = ctx.cand_pipe if len(runs) == 1 else load_pipeline(ctx.settings.model)
+            handles.append(apply_all(pipe, configs))
+            runs[name] = (lambda pipe=pipe: generate(pipe, ctx.latency_request, batch_size=ctx.settings.batch,
+                                                     guidance_scale=ctx.settings.guidance_scale,
+                                                     **ctx.generation_kwargs()))
+        for name, run in runs.items():
+            if name != "baseline":
+                run()   # warm-up
+        order, times = list(runs), {name: [] for name in runs}
+        for i in range(repeats):
+            for name in order[i % len(order):] + order[:i % len(order)]:
+                times[name].append(_timed(runs[name]))
+    finally:
+        for h in handles:
+            h.remove()
+
+    def median_ci(ratios):
+        ratios = np.asarray(ratios)
+        boots = np.median(np.random.default_rng(0).choice(ratios, size=(1000, len(ratios))), axis=1)
+        return float(np.median(ratios)), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+
+    base = np.asarray(times["baseline"])
+    out = {name: None for name in configs_by_name}
+    for name in runs:
+        if name != "baseline":
+            speedup, ci = median_ci(base / np.asarray(times[name]))
+            out[name] = {"speedup": speedup, "speedup_ci": ci, "repeats": repeats,
+                         "median_s": float(np.median(times[name]))}
+    if out.get("oracle") and out.get("planner"):
+        ratio, ci = median_ci(np.asarray(times["oracle"]) / np.asarray(times["planner"]))
+        out["planner_over_oracle"] = {"ratio": ratio, "ci": ci}
     return out
 
 
@@ -213,20 +228,24 @@ def _grid_rank(oracle: dict, params: dict | None) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits-unet")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="default",
+                        help="the grid's default values; --samplers/--steps/--intervals/--quant override them")
     parser.add_argument("--budget", default="fid+2")
-    parser.add_argument("--samplers", nargs="+", default=list(GRID["samplers"]))
-    parser.add_argument("--steps", nargs="+", type=int, default=list(GRID["steps"]))
-    parser.add_argument("--intervals", nargs="+", type=int, default=list(GRID["intervals"]),
-                        help="DeepCache intervals; 0 = no cache")
-    parser.add_argument("--quant", nargs="+", default=list(GRID["quant"]), help="none and/or bf16")
+    parser.add_argument("--samplers", nargs="+")
+    parser.add_argument("--steps", nargs="+", type=int)
+    parser.add_argument("--intervals", nargs="+", type=int, help="DeepCache intervals; 0 = no cache")
+    parser.add_argument("--quant", nargs="+", help="none, bf16, int8_dynamic (those the device supports)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="grid worker processes, one torch thread each (the planner's search stays one process)")
     parser.add_argument("--trials", type=int, default=None, help="planner trials (default: the planner's default)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="4 grid points, 16 samples, 2 planner trials")
-    parser.add_argument("--out", type=Path, default=RESULTS / "oracle.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/oracle.json (oracle-large.json for --grid large)")
     parser.add_argument("--update-readme", action="store_true", help="write the summary line into README.md")
     args = parser.parse_args(argv)
-    grid = {"samplers": tuple(args.samplers), "steps": tuple(args.steps), "intervals": tuple(args.intervals),
-            "quant": tuple(args.quant)}
+    grid = {key: tuple(getattr(args, key) or default) for key, default in GRIDS[args.grid].items()}
+    suffix = "" if args.grid == "default" else "-" + args.grid
+    out = args.out or RESULTS / f"oracle{suffix}.json"
     import torch
 
     torch.set_num_threads(args.threads)
@@ -248,22 +267,26 @@ def main(argv=None) -> int:
     settings = SearchSettings(model=args.model, budget=args.budget, techniques=FAMILIES, space=space,
                               threads=args.threads, command="python -m bench.oracle", **extra)
     log(f"[oracle] {len(points)} grid points on {args.model}, budget {args.budget}")
-    oracle, ctx, oracle_configs = run_oracle(settings, points, log)
+    oracle, ctx, oracle_configs = run_oracle(settings, points, log, workers=args.workers)
     log(f"[oracle] now the planner on the same space ({settings.trials} trials)")
     planner, planner_configs = run_planner(settings, log)
-    repeats = max(7, settings.latency_repeats) if not args.quick else 1
+    repeats = max(9, settings.latency_repeats) if not args.quick else 1
     side = side_by_side(ctx, {"oracle": oracle_configs, "planner": planner_configs}, repeats)
     if planner["plan"]:
         planner["plan"]["grid"] = _grid_rank(oracle, planner["plan"]["params"])
     o, p = side["oracle"], side["planner"]
-    ratio = p["speedup"] / o["speedup"] if o and p else None
+    # measured directly (oracle time / planner time, per repeat) when both exist
+    ratio = side["planner_over_oracle"]["ratio"] if o and p else None
+    same = bool(oracle_configs and planner_configs
+                and [c.to_dict() for c in oracle_configs] == [c.to_dict() for c in planner_configs])
     evals = planner["evaluations"] / oracle["evaluations"] if oracle["evaluations"] else None
     result = {
         "created": now(), "wall_s": time.time() - started, "quick": args.quick,
         "command": "python -m bench.oracle " + " ".join(sys.argv[1:] if argv is None else argv),
-        "environment": environment(args.threads), "model": args.model, "budget": args.budget, "grid": grid,
+        "environment": environment(args.threads), "grid_name": args.grid, "model": args.model, "budget": args.budget, "grid": grid,
         "space": space, "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "space"},
         "oracle_speedup": o and o["speedup"], "planner_speedup": p and p["speedup"], "speedup_ratio": ratio,
+        "same_configuration": same,
         "oracle_verified_speedup": oracle["best"] and oracle["best"]["verified_speedup"],
         "planner_verified_speedup": planner["plan"] and planner["plan"]["verified_speedup"],
         "oracle_evaluations": oracle["evaluations"], "planner_evaluations": planner["evaluations"],
@@ -271,12 +294,12 @@ def main(argv=None) -> int:
         "targets": {"speedup_ratio_at_least_0.95": None if ratio is None else ratio >= 0.95,
                     "evaluations_ratio_at_most_0.10": None if evals is None else evals <= 0.10},
         "side_by_side": side, "oracle": oracle, "planner": planner}
-    write_json(args.out, result)
+    write_json(out, result)
     line = summary_line(result)
     print(line)
     if args.update_readme and not args.quick:
-        update_readme("bench.oracle", line)
-    log(f"wrote {args.out} in {time.time() - started:.0f}s")
+        update_readme("bench.oracle" + suffix, line)
+    log(f"wrote {out} in {time.time() - started:.0f}s")
     return 0
 
 
@@ -284,12 +307,18 @@ def summary_line(r: dict) -> str:
     o, p = r["oracle"], r["planner"]
     best = o["best"]["label"] if o["best"] else "nothing met the budget"
     plan = p["plan"]["label"] if p["plan"] else "no plan"
-    return (f"On {r['model']} at `{r['budget']}`, over {r['oracle_evaluations']} grid points: the oracle's best is "
-            f"{fmt(r['oracle_speedup'])}× ({best}); the planner reaches {fmt(r['planner_speedup'])}× ({plan}), "
-            f"{fmt(r['speedup_ratio'])} of the oracle, with {r['planner_evaluations']} evaluations "
-            f"({fmt(None if r['evaluations_ratio'] is None else 100 * r['evaluations_ratio'], 0)}% of the oracle's); "
-            f"speed-ups timed side by side in one session, both verified on the same "
-            f"{r['settings']['verify_samples']} unseen seeds.")
+    found = "the same configuration" if r.get("same_configuration") else plan
+    side = r["side_by_side"].get("planner_over_oracle")
+    ci = f" (95% CI {fmt(side['ci'][0])}–{fmt(side['ci'][1])})" if side else ""
+    evals = None if r["evaluations_ratio"] is None else 100 * r["evaluations_ratio"]
+    return (f"On {r['model']} at `{r['budget']}`, over {r['oracle_evaluations']} grid points "
+            f"({o['search_s'] / 60:.0f} min with {o['workers']} worker(s)): the oracle's best is "
+            f"**{fmt(r['oracle_speedup'])}×** ({best}); the planner's default search found {found}, "
+            f"**{fmt(r['planner_speedup'])}×**: {fmt(r['speedup_ratio'])} of the oracle{ci}, with "
+            f"{r['planner_evaluations']} evaluations ({fmt(evals, 0)}% of the oracle's). Both winners timed "
+            f"side by side in rotating order ({r['side_by_side']['oracle']['repeats'] if r['side_by_side']['oracle'] else 0} "
+            f"repeats, {r['environment']['threads']} thread), both verified on the same "
+            f"{r['settings']['verify_samples']} unseen seeds; whole run {r['wall_s'] / 60:.0f} min.\n")
 
 
 if __name__ == "__main__":

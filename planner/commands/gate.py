@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--features", default=None, help="FID features: digits, inception, or a TorchScript PATH")
     p.add_argument("--reference", default=None, help="folder of reference images")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads, fixed for timing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for timing (default: the thread count the plan's speed-up was measured at)")
     p.add_argument("--junit", default=None, help="write a JUnit XML report here")
     p.set_defaults(func=run)
 
@@ -50,13 +51,8 @@ def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], second
 def run(args) -> int:
     import torch
 
-    import planner
     from planner.errors import PlannerError
-    from planner.models import load_pipeline
     from planner.plan import load_plan
-    from planner.quality.budget import parse_budget
-    from planner.search.context import SearchContext, SearchSettings
-    from planner.search.latency import interleaved_ratio
 
     start = time.time()
     if args.samples < 20:
@@ -66,8 +62,25 @@ def run(args) -> int:
     plan = load_plan(args.plan)
     if plan.measured is None:
         raise PlannerError(f"{args.plan}: the plan has no measured section to gate against")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # A speed-up depends on the thread count (a small candidate batch parallelises worse than the baseline):
+    # compare like with like unless told otherwise.
+    threads = args.threads or plan.measured.threads
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _gate(args, plan, start)
+    finally:
+        torch.set_num_threads(previous)   # callers in the same process keep their setting
+
+
+def _gate(args, plan, start) -> int:
+    import planner
+    from planner.models import load_pipeline
+    from planner.quality.budget import parse_budget
+    from planner.search.context import SearchContext, SearchSettings
+    from planner.search.latency import interleaved_ratio
+
     model = args.model or plan.model.name
     base_pipe = load_pipeline(model, device=args.device)
     cand_pipe = load_pipeline(model, device=args.device)
@@ -93,8 +106,11 @@ def run(args) -> int:
     print(f"gate {args.plan} ({model}) on {args.samples} fresh seeds from {args.seed}:")
     print(evaluation.table())
     print(f"speed-up {latency.speedup:.2f}x (95% CI {latency.speedup_ci[0]:.2f}-{latency.speedup_ci[1]:.2f}, median of "
-          f"{latency.repeats} interleaved pairs); plan says {plan.measured.speedup:.2f}x, floor {floor:.2f}x: "
+          f"{latency.repeats} interleaved pairs, {latency.threads} thread(s)); plan says {plan.measured.speedup:.2f}x, floor {floor:.2f}x: "
           f"{'holds' if speed_ok else 'REGRESSED (whole CI below the floor)'}")
+    if args.device == "cpu" and plan.measured.threads and latency.threads != plan.measured.threads:
+        print(f"note: the plan's speed-up was measured at {plan.measured.threads} thread(s), this gate timed "
+              f"{latency.threads}: speed-ups at different thread counts are not comparable")
     cases = []
     for r in evaluation.results:
         if r.measured is None:

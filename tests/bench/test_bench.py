@@ -53,12 +53,16 @@ def test_peers_quick(tmp_path):
 
 def test_oracle_quick(tmp_path):
     out = tmp_path / "oracle.json"
-    _run("bench.oracle", "--out", str(out))
+    _run("bench.oracle", "--out", str(out), "--workers", "2")   # the grid split over two worker processes
     result = json.loads(out.read_text())
     for key in ("oracle_speedup", "planner_speedup", "oracle_evaluations", "planner_evaluations", "budget"):
         assert key in result
     assert result["oracle_evaluations"] == 4 and result["planner_evaluations"] == 2
     assert result["budget"] == "fid+2" and len(result["oracle"]["points"]) == 4
+    assert result["oracle"]["workers"] == 2
+    # the merged study keeps the grid's order: unipc {4, 8} steps x DeepCache {off, interval 2}
+    assert [(p["params"]["steps"], p["params"]["cache"]) for p in result["oracle"]["points"]] == [
+        (4, "none"), (4, "deepcache"), (8, "none"), (8, "deepcache")]
     # every grid point was a real planner trial: cascade-pruned, or measured with a latency
     assert all(p["state"] in ("PRUNED", "COMPLETE") for p in result["oracle"]["points"])
     assert all(p["speedup"] for p in result["oracle"]["points"] if p["state"] == "COMPLETE")

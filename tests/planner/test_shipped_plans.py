@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from planner.cli import main
 from planner.plan import load_plan
@@ -44,9 +45,17 @@ def test_gate_fails_a_plan_whose_speed_claim_no_longer_holds(tmp_path, capsys):
 
     path = tmp_path / "inflated.yaml"
     save_plan(inflated, path)
+    original, threads = torch.get_num_threads(), plan.measured.threads + 1
+    torch.set_num_threads(threads)
     junit = tmp_path / "gate.xml"
-    code = main(["gate", str(path), "--samples", "20", "--repeats", "1", "--junit", str(junit)])
+    try:
+        code = main(["gate", str(path), "--samples", "20", "--repeats", "1", "--junit", str(junit)])
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(original)
     out = capsys.readouterr().out
     assert code == 1 and "REGRESSED" in out and "gate: FAIL" in out
+    # timed at the thread count the plan was measured at, and the test process's own setting is restored
+    assert f"{plan.measured.threads} thread(s)); plan says" in out and after == threads
     assert "vs floor 900.000x</failure>" in junit.read_text()  # the speed case (20 samples may fail quality too)
     assert main(["gate", str(tmp_path / "missing.yaml")]) == 2
