@@ -1,6 +1,7 @@
 """Small helpers shared by `bench.peers` and `bench.oracle`: JSON output, the environment, the README block."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,6 +41,19 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Timing at a fixed thread count inside, whatever the rest of the run uses."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def now() -> str:

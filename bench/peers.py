@@ -12,7 +12,8 @@ pipeline and measured exactly like a planner trial (`planner.search.SearchContex
   held-out digits with the digits features, paired bootstrap CI, conservative verdict), plus PSNR to
   the baseline's images and label accuracy, each with its CI and N;
 * latency: `interleaved_ratio` against the 50-step baseline (B C C B ..., median of pair ratios) at
-  the plans' batch size with the torch thread count fixed; counted work (FLOPs executed) beside it.
+  the plans' batch size with the torch thread count fixed (`--threads`, the plans' 1); counted work
+  (FLOPs executed) beside it. Images and FLOPs are not timed: they use every core (`--work-threads`).
 
 A method that cannot act on a model is listed with the reason. The tiny pipelines (`tiny-sd`,
 `tiny-pixart`, `tiny-flux`) have random weights: they show which peers apply to those architectures,
@@ -25,12 +26,13 @@ table; `--update-readme` also puts it into README.md).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, environment, fmt, now, update_readme, write_json
+from bench.common import RESULTS, ROOT, environment, fmt, now, torch_threads, update_readme, write_json
 
 PEER_SEED = 700_000          # evaluation seeds: the plans searched on 0.., verified on 500,000..
 CALIBRATION_SEED = 900_000   # MagCache's calibration run
@@ -149,7 +151,9 @@ class ModelBench:
                 evaluation = ctx.search.evaluator.evaluate(images)
                 info = self.info.evaluate(images)
                 generation_s = time.time() - start
-                latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch, repeats=self.args.repeats)
+                with torch_threads(self.args.threads):
+                    latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
+                                                repeats=self.args.repeats)
                 work = flops_of(ctx.run_candidate_batch) / self.base_flops if self.base_flops else None
         except Exception as exc:  # noqa: BLE001 - recorded with the reason
             return dict(row, reason=f"failed while running: {_first_line(exc)}")
@@ -256,6 +260,46 @@ def markdown(rows: list[dict], summaries: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_block(rows: list[dict], summaries: list[dict], args, wall_s: float) -> str:
+    """The README's compact view of one run, generated from its rows (the full table is peers.md)."""
+    budget = args.budget
+    lines = [f"Measured {now()[:10]} in one run ({wall_s / 60:.0f} min on {os.cpu_count()} cores; latency at "
+             f"{args.threads} thread(s), images and FLOPs on {args.work_threads}; full table with every row, PSNR, "
+             f"label accuracy and counted work: `bench/results/peers.md`). Speed-up over the 50-step baseline, "
+             f"median of {args.repeats} interleaved pairs at batch {args.batch}; ΔFID on {args.samples} seeds "
+             f"({PEER_SEED:,} on, unseen by either search) with 95% CI.", "",
+             f"| model | best peer that meets `{budget}` | its speed-up | other peers (speed-up; † misses the budget) | "
+             f"planner's plan | plan's ΔFID [95% CI] | plan / best peer |", "|---|---|---|---|---|---|---|"]
+    for s in (s for s in summaries if s["model"] in DEMO):
+        mine = [r for r in rows if r["model"] == s["model"]]
+        best = next((r for r in mine if r["method"] == s["best_peer"]), None)
+        plan = next((r for r in mine if r["family"] == "plan"), None)
+        others = [f"{r['method']}: {fmt(r['speedup'])}×{'' if r['meets_budget'] else '†'}"
+                  for r in sorted(mine, key=lambda r: -(r.get("speedup") or 0))
+                  if r["family"] not in ("baseline", "plan") and r is not best and not r["reason"]]
+        na = [r["method"] for r in mine if r["reason"] and r["family"] != "plan"]
+        if na:
+            others.append(f"n/a here: {len(na)} (reasons in the full table)")
+
+        def speed(r):
+            return f"{fmt(r['speedup'])}× ({fmt(r['speedup_ci'][0])}–{fmt(r['speedup_ci'][1])})"
+
+        plan_text = f"**{speed(plan)}**" if plan and not plan["reason"] else "not measured"
+        dfid = _ci(plan["metrics"].get(budget)) if plan and not plan["reason"] else "–"
+        lines.append(f"| `{s['model']}` | {s['best_peer'] or 'none'} | {speed(best) if best else '–'} | "
+                     f"{'; '.join(others)} | {plan_text} | {dfid} | **{fmt(s['plan_over_best_peer'], 1)}×** |")
+    tiny = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in DEMO]
+    if tiny:
+        lines += ["", f"Tiny random-weight pipelines (budget `{args.tiny_budget}`; only PSNR to their own baseline "
+                      f"means anything), speed-ups of the methods that run:", ""]
+        for m in tiny:
+            ran = [f"{r['method']}: {fmt(r['speedup'])}×" for r in rows
+                   if r["model"] == m and not r["reason"] and r["family"] != "baseline"]
+            na = sum(1 for r in rows if r["model"] == m and r["reason"])
+            lines.append(f"- `{m}`: {'; '.join(ran) or 'none'} ({na} n/a)")
+    return "\n".join(lines) + "\n"
+
+
 def _print_row(r: dict, log) -> None:
     if r["reason"]:
         log(f"  {r['method'][:48]:<48} n/a: {r['reason']}")
@@ -274,7 +318,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny-samples", type=int, default=8, help="seeds per method on the tiny pipelines")
     parser.add_argument("--batch", type=int, default=8, help="latency batch (the plans' batch)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved baseline/method pairs per method")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while timing (the plans' count)")
+    parser.add_argument("--work-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads for everything not timed: images, FLOPs (default: every core)")
     parser.add_argument("--no-work", dest="work", action="store_false", help="skip counted work (FLOPs)")
     parser.add_argument("--plans", type=Path, default=ROOT / "plans", help="folder of MODEL.yaml plans")
     parser.add_argument("--quick", action="store_true", help="8 samples, batch 2, 1 repeat: the plumbing only")
@@ -286,7 +332,7 @@ def main(argv=None) -> int:
         args.samples, args.tiny_samples, args.batch, args.repeats = 8, 4, 2, 1
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.work_threads)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # FasterCache and friends warn on every use
@@ -309,7 +355,7 @@ def main(argv=None) -> int:
     args.out.with_suffix(".md").write_text(table)
     print(table)
     if args.update_readme and not args.quick:
-        update_readme("bench.peers", table)
+        update_readme("bench.peers", readme_block(rows, summary(rows), args, time.time() - started))
     log(f"wrote {args.out} and {args.out.with_suffix('.md')} in {time.time() - started:.0f}s")
     return 0
 
@@ -321,7 +367,8 @@ def _write(args, rows, checks, started, partial: bool) -> None:
         "environment": environment(args.threads),
         "protocol": {"seeds": f"{PEER_SEED}.. (disjoint from the plans' search and verification seeds)",
                      "samples": args.samples, "tiny_samples": args.tiny_samples, "batch": args.batch,
-                     "repeats": args.repeats, "budget": args.budget, "tiny_budget": args.tiny_budget,
+                     "repeats": args.repeats, "timing_threads": args.threads, "work_threads": args.work_threads,
+                     "budget": args.budget, "tiny_budget": args.tiny_budget,
                      "latency_ratio": "method/baseline, median of interleaved pairs (planner.search.latency)",
                      "meets_budget": "conservative verdict (CI's unfavourable end), planner.quality.Evaluator",
                      "work_ratio": "FLOPs executed per latency batch / the baseline's (torch.utils.flop_counter)"},

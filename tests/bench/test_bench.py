@@ -49,6 +49,14 @@ def test_peers_quick(tmp_path):
     assert "psnr>=30" in ran[("tiny-sd", "DDIM, 25 steps")]["metrics"]
     table = out.with_suffix(".md").read_text()
     assert "| method |" in table and "random weights" in table
+    # the README's compact block comes from the same rows
+    from types import SimpleNamespace
+
+    from bench.peers import readme_block, summary
+    args = SimpleNamespace(budget="fid+2", tiny_budget="psnr>=30", threads=1, work_threads=1, repeats=1, batch=2,
+                           samples=8)
+    block = readme_block(result["rows"], summary(result["rows"]), args, result["wall_s"])
+    assert "| `digits-unet` |" in block and "| `digits-dit` |" in block and "- `tiny-sd`:" in block
 
 
 def test_oracle_quick(tmp_path):
