@@ -37,8 +37,8 @@ GRIDS = {
     # 3 x 3 x 3 x 2 = 54 points: what fits, with the planner's own search, in 30 minutes on 2 cores
     "default": {"samplers": ("ddim", "dpmpp_2m", "unipc"), "steps": (4, 6, 8), "intervals": (0, 2, 3),
                 "quant": ("none", "bf16")},
-    # 4 x 6 x 3 x 3 = 216 points: the planner's 20 trials are <= 10% of it (about 40 minutes with 2 workers)
-    "large": {"samplers": ("ddim", "euler", "dpmpp_2m", "unipc"), "steps": (3, 4, 5, 6, 7, 8),
+    # 4 x 6 x 3 x 3 = 216 points: the planner's 20 trials are <= 10% of it (about 45 minutes with 2 workers)
+    "large": {"samplers": ("ddim", "euler", "dpmpp_2m", "unipc"), "steps": (3, 4, 5, 6, 8, 10),
               "intervals": (0, 2, 3), "quant": ("none", "bf16", "int8_dynamic")},
 }
 GRID = GRIDS["default"]
@@ -263,11 +263,19 @@ def main(argv=None) -> int:
                      trials=2)
     if args.trials:
         extra["trials"] = args.trials
+    from search_spaces.sampler import STEP_CHOICES
+
+    if set(grid["steps"]) - set(STEP_CHOICES):
+        parser.error(f"--steps: the planner searches {list(STEP_CHOICES)}; "
+                     f"{sorted(set(grid['steps']) - set(STEP_CHOICES))} cannot be compared with it")
     space, points = space_and_points(load_pipeline(args.model), grid)
     settings = SearchSettings(model=args.model, budget=args.budget, techniques=FAMILIES, space=space,
                               threads=args.threads, command="python -m bench.oracle", **extra)
     log(f"[oracle] {len(points)} grid points on {args.model}, budget {args.budget}")
     oracle, ctx, oracle_configs = run_oracle(settings, points, log, workers=args.workers)
+    if not oracle["states"].get("COMPLETE"):
+        log(f"[oracle] no grid point completed ({oracle['states']}); see the first failure above")
+        return 1
     log(f"[oracle] now the planner on the same space ({settings.trials} trials)")
     planner, planner_configs = run_planner(settings, log)
     repeats = max(9, settings.latency_repeats) if not args.quick else 1
