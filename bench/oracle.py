@@ -69,12 +69,20 @@ def space_and_points(pipe, grid: dict) -> tuple[dict, list[dict]]:
     return space, points
 
 
-def _feasible(study) -> list:
+def unsearchable(pipe, space: dict, points: list[dict]) -> str | None:
+    """Why a grid point is not one the planner's own search could propose (a value outside a family's
+    range, such as a step count it never tries), or None: checked before any point is measured."""
     import optuna
 
-    return sorted((t for t in study.get_trials(deepcopy=False)
-                   if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")),
-                  key=lambda t: t.value)
+    from planner.errors import PlannerError
+    from search_spaces.compose import suggest_configs
+
+    for p in points:
+        try:
+            suggest_configs(optuna.trial.FixedTrial(p), pipe, list(FAMILIES), None, space=space)
+        except (PlannerError, ValueError) as exc:
+            return str(exc)
+    return None
 
 
 def _evaluation_dict(evaluation) -> dict:
@@ -85,34 +93,26 @@ def _evaluation_dict(evaluation) -> dict:
 
 def run_oracle(settings, points: list[dict], log, workers: int = 1) -> tuple[dict, object, object]:
     """Every grid point as a planner trial, then the planner's verification. Returns (report, ctx, best configs)."""
-    from backends.technique import NotApplicable, config_from_dict
-    from planner.search.optimize import MAX_VERIFICATIONS, _verify
+    from backends.technique import config_from_dict
+    from planner.search.optimize import feasible_trials, verify_fastest
 
     grid = evaluate_grid(settings, points, log, workers=workers)
     study, ctx = grid.study, grid.ctx
     start = time.time()
-    best, verifications = None, 0
-    for trial in _feasible(study):
-        if verifications == MAX_VERIFICATIONS:
-            break
-        log(f"[oracle] verifying {short_label(trial.user_attrs['techniques'])} "
-            f"on {settings.verify_samples} unseen seeds ...")
-        try:
-            evaluation, latency, work_ratio, _ = _verify(ctx, grid.objective, trial, grid.baseline_flops)
-        except NotApplicable:
-            continue
-        verifications += 1
-        if latency is not None:
-            best = {"trial": trial.number, "label": short_label(trial.user_attrs["techniques"]), "params": trial.params,
-                    "techniques": trial.user_attrs["techniques"], "search_speedup": trial.user_attrs["speedup"],
-                    "verified_speedup": latency.speedup, "verified_speedup_ci": list(latency.speedup_ci),
-                    "work_ratio": work_ratio, "verification": _evaluation_dict(evaluation)}
-            break
+    feasible = feasible_trials(study)
+    verified, verifications = verify_fastest(ctx, grid.objective, feasible, grid.baseline_flops, log)
+    best = None
+    if verified is not None:
+        trial, evaluation, latency, work_ratio, _ = verified
+        best = {"trial": trial.number, "label": short_label(trial.user_attrs["techniques"]), "params": trial.params,
+                "techniques": trial.user_attrs["techniques"], "search_speedup": trial.user_attrs["speedup"],
+                "verified_speedup": latency.speedup, "verified_speedup_ci": list(latency.speedup_ci),
+                "work_ratio": work_ratio, "verification": _evaluation_dict(evaluation)}
     states = [t.state.name for t in study.trials]
     report = {"evaluations": len(study.trials), "verifications": verifications, "workers": grid.workers,
               "search_s": grid.seconds, "verify_s": time.time() - start,
               "states": {s: states.count(s) for s in sorted(set(states))},
-              "feasible": len(_feasible(study)), "best": best,
+              "feasible": len(feasible), "best": best,
               "points": [{"params": t.params, "label": short_label(t.user_attrs.get("techniques", [])),
                           "state": t.state.name,
                           "feasible": t.user_attrs.get("feasible"), "speedup": t.user_attrs.get("speedup"),
@@ -173,9 +173,8 @@ def side_by_side(ctx, configs_by_name: dict, repeats: int) -> dict:
     import numpy as np
 
     from backends.technique import apply_all
-    from planner.generation import generate
     from planner.models import load_pipeline
-    from planner.search.latency import _timed
+    from planner.search.latency import timed, median_ci
 
     runs, handles = {"baseline": ctx.run_baseline_batch}, []
     try:
@@ -184,35 +183,28 @@ def side_by_side(ctx, configs_by_name: dict, repeats: int) -> dict:
                 continue
             pipe = ctx.cand_pipe if len(runs) == 1 else load_pipeline(ctx.settings.model)
             handles.append(apply_all(pipe, configs))
-            runs[name] = (lambda pipe=pipe: generate(pipe, ctx.latency_request, batch_size=ctx.settings.batch,
-                                                     guidance_scale=ctx.settings.guidance_scale,
-                                                     **ctx.generation_kwargs()))
+            runs[name] = lambda pipe=pipe: ctx.run_candidate_batch(pipe)
         for name, run in runs.items():
             if name != "baseline":
                 run()   # warm-up
         order, times = list(runs), {name: [] for name in runs}
         for i in range(repeats):
             for name in order[i % len(order):] + order[:i % len(order)]:
-                times[name].append(_timed(runs[name]))
+                times[name].append(timed(runs[name]))
     finally:
         for h in handles:
             h.remove()
-
-    def median_ci(ratios):
-        ratios = np.asarray(ratios)
-        boots = np.median(np.random.default_rng(0).choice(ratios, size=(1000, len(ratios))), axis=1)
-        return float(np.median(ratios)), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
 
     base = np.asarray(times["baseline"])
     out = {name: None for name in configs_by_name}
     for name in runs:
         if name != "baseline":
             speedup, ci = median_ci(base / np.asarray(times[name]))
-            out[name] = {"speedup": speedup, "speedup_ci": ci, "repeats": repeats,
+            out[name] = {"speedup": speedup, "speedup_ci": list(ci), "repeats": repeats,
                          "median_s": float(np.median(times[name]))}
     if out.get("oracle") and out.get("planner"):
         ratio, ci = median_ci(np.asarray(times["oracle"]) / np.asarray(times["planner"]))
-        out["planner_over_oracle"] = {"ratio": ratio, "ci": ci}
+        out["planner_over_oracle"] = {"ratio": ratio, "ci": list(ci)}
     return out
 
 
@@ -263,12 +255,11 @@ def main(argv=None) -> int:
                      trials=2)
     if args.trials:
         extra["trials"] = args.trials
-    from search_spaces.sampler import STEP_CHOICES
-
-    if set(grid["steps"]) - set(STEP_CHOICES):
-        parser.error(f"--steps: the planner searches {list(STEP_CHOICES)}; "
-                     f"{sorted(set(grid['steps']) - set(STEP_CHOICES))} cannot be compared with it")
-    space, points = space_and_points(load_pipeline(args.model), grid)
+    pipe = load_pipeline(args.model)
+    space, points = space_and_points(pipe, grid)
+    problem = unsearchable(pipe, space, points)
+    if problem:
+        parser.error(f"grid: {problem}")
     settings = SearchSettings(model=args.model, budget=args.budget, techniques=FAMILIES, space=space,
                               threads=args.threads, command="python -m bench.oracle", **extra)
     log(f"[oracle] {len(points)} grid points on {args.model}, budget {args.budget}")

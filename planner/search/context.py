@@ -115,8 +115,9 @@ class SearchContext:
                         guidance_scale=self.settings.guidance_scale, batch_size=self.settings.batch,
                         **self.generation_kwargs())
 
-    def run_candidate_batch(self) -> torch.Tensor:
-        return generate(self.cand_pipe, self.latency_request, guidance_scale=self.settings.guidance_scale,
+    def run_candidate_batch(self, pipe=None) -> torch.Tensor:
+        """One latency batch on the candidate pipeline (or on `pipe`, another accelerated copy)."""
+        return generate(self.cand_pipe if pipe is None else pipe, self.latency_request, guidance_scale=self.settings.guidance_scale,
                         batch_size=self.settings.batch, **self.generation_kwargs())
 
     def generate_candidate(self, request: Request) -> torch.Tensor:

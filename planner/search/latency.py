@@ -33,7 +33,7 @@ class LatencyResult:
         return (1.0 / self.ratio_ci[1], 1.0 / self.ratio_ci[0])
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -41,6 +41,13 @@ def _timed(fn: Callable[[], object]) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def median_ci(ratios) -> tuple[float, tuple[float, float]]:
+    """Median of per-repeat ratios and a bootstrap 95% CI of that median (seeded: reports are reproducible)."""
+    ratios = np.asarray(ratios, dtype=float)
+    boots = np.median(np.random.default_rng(0).choice(ratios, size=(1000, len(ratios)), replace=True), axis=1)
+    return float(np.median(ratios)), (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)))
 
 
 def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int = 5,
@@ -55,15 +62,13 @@ def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], ob
     base_times, cand_times = [], []
     for i in range(repeats):
         if i % 2 == 0:
-            b, c = _timed(baseline), _timed(candidate)
+            b, c = timed(baseline), timed(candidate)
         else:
-            c, b = _timed(candidate), _timed(baseline)
+            c, b = timed(candidate), timed(baseline)
         base_times.append(b)
         cand_times.append(c)
-    ratios = np.array(cand_times) / np.array(base_times)
-    rng = np.random.default_rng(0)
-    boots = np.median(rng.choice(ratios, size=(1000, len(ratios)), replace=True), axis=1)
+    ratio, ratio_ci = median_ci(np.array(cand_times) / np.array(base_times))
     return LatencyResult(
         baseline_s=statistics.median(base_times), candidate_s=statistics.median(cand_times),
-        ratio=float(np.median(ratios)), ratio_ci=(float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))),
+        ratio=ratio, ratio_ci=ratio_ci,
         repeats=repeats, threads=torch.get_num_threads())

@@ -132,6 +132,36 @@ def _verify(ctx, objective, trial, baseline_flops):
     return evaluation, latency, (work / baseline_flops if work and baseline_flops else None), setup
 
 
+def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials that met the budget on the search seeds, fastest first."""
+    return sorted((t for t in study.get_trials(deepcopy=False)
+                   if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")),
+                  key=lambda t: t.value)
+
+
+def verify_fastest(ctx, objective, trials, baseline_flops, log):
+    """Verify `trials` in order on unseen seeds, at most MAX_VERIFICATIONS of them; the first that holds wins.
+    Returns ((trial, evaluation, latency, work_ratio, setup_s) or None, verifications run)."""
+    tried = 0
+    for trial in trials:
+        if tried == MAX_VERIFICATIONS:
+            break
+        log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
+            f"{ctx.settings.verify_samples} unseen seeds ...")
+        try:
+            evaluation, latency, work_ratio, setup_s = _verify(ctx, objective, trial, baseline_flops)
+        except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
+            log(f"[planner]   cannot run here: {exc}")
+            continue
+        tried += 1
+        if latency is None:
+            log("[planner]   verification failed (conservative verdict):\n" + _indent(evaluation.table()))
+            continue
+        log("[planner]   verification holds:\n" + _indent(evaluation.table()))
+        return (trial, evaluation, latency, work_ratio, setup_s), tried
+    return None, tried
+
+
 def _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary) -> Plan:
     s = ctx.settings
     techniques = [TechniqueEntry(**d) for d in trial.user_attrs["techniques"]]
@@ -299,31 +329,15 @@ def _select_and_write(session: _Session, log) -> OptimizeResult:
     start = session.start
     summary = {"model": settings.model, "study": session.study_name, "storage": session.storage_desc,
                "trials": len(finished(study)), "seconds": time.time() - start}
-    feasible = sorted((t for t in study.get_trials(deepcopy=False)
-                       if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")),
-                      key=lambda t: t.value)
+    feasible = feasible_trials(study)
     out = Path(settings.out)
     chosen, plan, message = None, None, ""
-    tried = 0
-    for trial in feasible:
-        if tried == MAX_VERIFICATIONS:
-            break
-        log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
-            f"{settings.verify_samples} unseen seeds ...")
-        try:
-            evaluation, latency, work_ratio, setup_s = _verify(ctx, session.objective, trial, session.baseline_flops)
-        except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
-            log(f"[planner]   cannot run here: {exc}")
-            continue
-        tried += 1
-        if latency is None:
-            log("[planner]   verification failed (conservative verdict):\n" + _indent(evaluation.table()))
-            continue
-        log("[planner]   verification holds:\n" + _indent(evaluation.table()))
+    verified, _ = verify_fastest(ctx, session.objective, feasible, session.baseline_flops, log)
+    if verified is not None:
+        trial, evaluation, latency, work_ratio, setup_s = verified
         summary["seconds"] = time.time() - start
         plan = _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary)
         chosen = trial.number
-        break
     if plan is None:
         best = feasible[0] if feasible else None
         message = (f"no configuration met {budget} on verification; best on the search seeds: "

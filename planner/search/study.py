@@ -144,10 +144,6 @@ def join_study(storage, study_name: str, seed: int) -> tuple[optuna.Study, bool]
     return study, True
 
 
-def open_study(storage, study_name: str, seed: int) -> optuna.Study:
-    return join_study(storage, study_name, seed)[0]
-
-
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return study.get_trials(deepcopy=False, states=states)
