@@ -37,10 +37,9 @@ def environment(threads: int) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    from planner.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -66,7 +65,9 @@ def update_readme(name: str, text: str, readme: Path = ROOT / "README.md") -> bo
     pattern = re.compile(rf"(<!-- {re.escape(name)}:begin -->\n).*?(<!-- {re.escape(name)}:end -->)", re.S)
     if not pattern.search(source):
         return False
-    readme.write_text(pattern.sub(lambda m: m.group(1) + text.rstrip() + "\n" + m.group(2), source))
+    from planner.atomic import write_text_atomic
+
+    write_text_atomic(readme, pattern.sub(lambda m: m.group(1) + text.rstrip() + "\n" + m.group(2), source))
     return True
 
 

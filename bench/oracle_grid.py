@@ -125,6 +125,8 @@ def worker_main(argv: list[str]) -> int:
     """One grid worker: its share of the points, on one torch thread, trials written as JSON."""
     import torch
 
+    from planner.atomic import write_text_atomic
+
     settings_file, points_file, out, tag = argv
     settings = _settings_from(json.loads(Path(settings_file).read_text()))
     torch.set_num_threads(settings.threads or 1)
@@ -136,9 +138,7 @@ def worker_main(argv: list[str]) -> int:
 
     study = _run_points(objective, [p for _, p in indexed], settings.seed, log, tag)
     records = [dict(_trial_record(t), index=i) for (i, _), t in zip(indexed, study.trials)]
-    tmp = Path(out + ".tmp")
-    tmp.write_text(json.dumps(records))
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(records))
     return 0
 
 
