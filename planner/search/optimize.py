@@ -141,11 +141,16 @@ def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def verify_fastest(ctx, objective, trials, baseline_flops, log):
     """Verify `trials` in order on unseen seeds, at most MAX_VERIFICATIONS of them; the first that holds wins.
-    Returns ((trial, evaluation, latency, work_ratio, setup_s) or None, verifications run)."""
-    tried = 0
+    Returns ((trial, evaluation, latency, work_ratio, setup_s) or None, verifications run).
+    TPE may propose one configuration several times; it is verified once (same seeds, same verdict)."""
+    tried, seen = 0, set()
     for trial in trials:
         if tried == MAX_VERIFICATIONS:
             break
+        key = json.dumps(trial.user_attrs["techniques"], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
         log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
             f"{ctx.settings.verify_samples} unseen seeds ...")
         try:

@@ -74,3 +74,32 @@ def test_optimize_with_every_family(digits_dit, tmp_path, monkeypatch):
                  "--samples", "100", "--verify-samples", "200"])
     assert code == 0
     assert load_plan(out).measured.speedup > 2
+
+
+def test_a_configuration_proposed_twice_is_verified_once(monkeypatch):
+    """TPE repeats points in small spaces: verification (same unseen seeds) runs once per configuration,
+    so repeats neither waste time nor use up the MAX_VERIFICATIONS attempts."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from planner.search import optimize as opt
+
+    verified = []
+
+    def failing_verify(ctx, objective, trial, baseline_flops):
+        verified.append(trial.number)
+        return SimpleNamespace(table=lambda: "failed"), None, None, None
+
+    monkeypatch.setattr(opt, "_verify", failing_verify)
+
+    def trial(number, steps):
+        techniques = [{"type": "sampler", "version": 1, "params": {"name": "ddim", "steps": steps}}]
+        t = optuna.trial.create_trial(value=0.1, user_attrs={"techniques": techniques, "label": f"ddim {steps}"})
+        t.number = number
+        return t
+
+    trials = [trial(0, 4), trial(1, 4), trial(2, 6), trial(3, 4)] + [trial(4 + i, 8 + i) for i in range(6)]
+    ctx = SimpleNamespace(settings=SimpleNamespace(verify_samples=10))
+    result, tried = opt.verify_fastest(ctx, None, trials, None, log=lambda text: None)
+    assert result is None and verified == [0, 2, 4, 5, 6] and tried == opt.MAX_VERIFICATIONS
