@@ -18,15 +18,18 @@ objects), so the output is bit-identical afterwards.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 from typing import Literal
 
 import torch
 from pydantic import model_validator
 
-from backends.steps import patch_attr
 from backends.technique import STAGE_PRECISION, Handle, NotApplicable, TechniqueConfig, register
+from ground.anatomy import anatomy_of
+from ground.devices import device_of
+from ground.hooks import Rewrite, add_forward_hook
+
+HOOK = "planner.quantize"
 
 Mode = Literal["fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "fp8"]
 Group = Literal["first_block", "last_block", "attention", "mlp", "embeddings", "io"]
@@ -62,12 +65,6 @@ class QuantizeConfig(TechniqueConfig):
 
 
 # ------------------------------------------------------------------------------------------- device support
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
-
 
 def torchao_available() -> bool:
     return importlib.util.find_spec("torchao") is not None
@@ -132,25 +129,6 @@ _IO_NAMES = ("conv_in", "conv_out", "proj_out", "proj_in", "patch_embed", "x_emb
              "norm_out", "conv_norm_out")
 
 
-def _blocks(denoiser) -> list[str]:
-    """Names of the denoiser's blocks in execution order: a UNet's down/mid/up blocks, else its repeated
-    (transformer) blocks."""
-    if isinstance(getattr(denoiser, "down_blocks", None), torch.nn.ModuleList):
-        found = [f"down_blocks.{i}" for i in range(len(denoiser.down_blocks))]
-        if isinstance(getattr(denoiser, "mid_block", None), torch.nn.Module):
-            found.append("mid_block")
-        if isinstance(getattr(denoiser, "up_blocks", None), torch.nn.ModuleList):
-            found += [f"up_blocks.{i}" for i in range(len(denoiser.up_blocks))]
-        return found
-    names = getattr(denoiser, "_repeated_blocks", None) or ()
-    found = [n for n, m in denoiser.named_modules() if n and type(m).__name__ in names]
-    if not found:
-        for attr in ("transformer_blocks", "single_transformer_blocks"):
-            if isinstance(getattr(denoiser, attr, None), torch.nn.ModuleList):
-                found += [f"{attr}.{i}" for i in range(len(getattr(denoiser, attr)))]
-    return [n for n in found if not any(n.startswith(o + ".") for o in found if o != n)]
-
-
 def groups_of(denoiser, name: str, blocks: list[str]) -> set[str]:
     parts = name.split(".")
     groups = set()
@@ -171,9 +149,13 @@ def groups_of(denoiser, name: str, blocks: list[str]) -> set[str]:
     return groups
 
 
-def select_layers(denoiser, exclude, kinds=(torch.nn.Linear,)) -> tuple[list[str], list[str]]:
-    """(selected, excluded) names of leaf layers of `kinds`."""
-    blocks = _blocks(denoiser)
+def block_names(pipe) -> list[str]:
+    return [b.name for b in anatomy_of(pipe).blocks()]
+
+
+def select_layers(pipe, exclude, kinds=(torch.nn.Linear,)) -> tuple[list[str], list[str]]:
+    """(selected, excluded) names of leaf layers of `kinds` in the pipeline's denoiser."""
+    denoiser, blocks = anatomy_of(pipe).denoiser, block_names(pipe)
     selected, excluded = [], []
     for name, module in denoiser.named_modules():
         if type(module) in kinds:
@@ -195,10 +177,17 @@ def snapshot(module: torch.nn.Module):
     return state
 
 
+def _owned_by_hooks(key: str) -> bool:
+    # The hook registries put these on modules and take them off again themselves; a technique attached
+    # after this one and removed after it must find them where it left them.
+    return key.startswith("_planner_") or key in ("_diffusers_hook", "forward")
+
+
 def restore(state) -> None:
     for m, attrs, modules, params, data, buffers in state:
-        m.__dict__.clear()
-        m.__dict__.update(attrs)
+        for key in [k for k in m.__dict__ if k not in attrs and not _owned_by_hooks(k)]:
+            del m.__dict__[key]
+        m.__dict__.update({k: v for k, v in attrs.items() if not _owned_by_hooks(k)})
         m._modules.clear()
         m._modules.update(modules)
         m._parameters.clear()
@@ -211,15 +200,9 @@ def restore(state) -> None:
 
 # ------------------------------------------------------------------------------------------- handlers
 
-def _denoiser(pipe):
-    from planner.models import denoiser_of
-
-    return denoiser_of(pipe)
-
-
 def _applicable(pipe) -> str | None:
     try:
-        _denoiser(pipe)
+        anatomy_of(pipe).denoiser
     except Exception as exc:  # noqa: BLE001
         return str(exc)
     return None
@@ -248,13 +231,10 @@ def _cast_output(out, dtype):
 
 def _wrap_casting(module, in_dtype, out_dtype, min_ndim: int = 0):
     """Cast floating inputs (of at least `min_ndim` dims: the denoiser keeps 1-d timesteps exact) and outputs."""
-    original = module.forward
-
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
+    def forward(original, *args, **kwargs):
         out = original(*_cast_tree(args, in_dtype, min_ndim), **_cast_tree(kwargs, in_dtype, min_ndim))
         return _cast_output(out, out_dtype)
-    return patch_attr(module, "forward", forward)
+    return add_forward_hook(module, HOOK, Rewrite(forward))
 
 
 def _outermost(names: list[str]) -> list[str]:
@@ -262,18 +242,21 @@ def _outermost(names: list[str]) -> list[str]:
     return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
 
 
-def _apply_precision(denoiser, config: QuantizeConfig, undos: list) -> dict:
+def _apply_precision(pipe, denoiser, config: QuantizeConfig, undos: list) -> dict:
     dtype = torch.bfloat16 if config.mode == "bf16" else torch.float16
-    blocks = _blocks(denoiser)
+    blocks = block_names(pipe)
+    # Modules the model itself declares must stay in float32 (diffusers' `_keep_in_fp32_modules`) are
+    # kept like an excluded group; casting with nn.Module.to then does what diffusers' own `to` warns about.
+    fp32_words = set(getattr(denoiser, "_keep_in_fp32_modules", None) or ())
     keep = [n for n, m in denoiser.named_modules()
             if n and len(list(m.children())) == 0 and any(True for _ in m.parameters(recurse=False))
-            and groups_of(denoiser, n, blocks) & set(config.exclude)]
+            and (groups_of(denoiser, n, blocks) & set(config.exclude) or fp32_words & set(n.split(".")))]
     keep = _outermost(keep)
     original_dtype = next(denoiser.parameters()).dtype
-    denoiser.to(dtype)
+    torch.nn.Module.to(denoiser, dtype)
     modules = dict(denoiser.named_modules())
     for name in keep:
-        modules[name].to(original_dtype)
+        torch.nn.Module.to(modules[name], original_dtype)
     if keep:
         # Mixed precision: every layer with weights casts its inputs to its own dtype (code between
         # layers may read `module.dtype`, which is then no longer uniform).
@@ -289,14 +272,14 @@ def _apply_precision(denoiser, config: QuantizeConfig, undos: list) -> dict:
     return {"dtype": str(dtype), "kept_fp32": keep}
 
 
-def _apply_torch_ao(denoiser, config: QuantizeConfig) -> dict:
+def _apply_torch_ao(pipe, denoiser, config: QuantizeConfig) -> dict:
     import warnings
 
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d) if config.include_conv \
         else (torch.nn.Linear,)
-    selected, excluded = select_layers(denoiser, config.exclude, kinds)
+    selected, excluded = select_layers(pipe, config.exclude, kinds)
     if not selected:
         raise NotApplicable("quantize: no layers left to quantise after exclusions")
     mapping = None
@@ -313,7 +296,7 @@ def _apply_torch_ao(denoiser, config: QuantizeConfig) -> dict:
     return {"quantized": selected, "excluded": excluded}
 
 
-def _apply_torchao(denoiser, config: QuantizeConfig) -> dict:
+def _apply_torchao(pipe, denoiser, config: QuantizeConfig) -> dict:
     from torchao.quantization import quantize_
 
     if config.mode == "int8_dynamic":
@@ -322,7 +305,7 @@ def _apply_torchao(denoiser, config: QuantizeConfig) -> dict:
         from torchao.quantization import Int8WeightOnlyConfig as Cfg
     else:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig as Cfg
-    selected, excluded = select_layers(denoiser, config.exclude)
+    selected, excluded = select_layers(pipe, config.exclude)
     if not selected:
         raise NotApplicable("quantize: no layers left to quantise after exclusions")
     chosen = set(selected)
@@ -332,8 +315,8 @@ def _apply_torchao(denoiser, config: QuantizeConfig) -> dict:
 
 @register(QuantizeConfig, applicable=_applicable)
 def apply_quantize(pipe, config: QuantizeConfig) -> Handle:
-    denoiser = _denoiser(pipe)
-    device = _device_of(denoiser)
+    denoiser = anatomy_of(pipe).denoiser
+    device = device_of(denoiser)
     reason = mode_unsupported(config.mode, device, config.backend)
     if reason:
         raise NotApplicable(f"quantize {config.mode}: {reason}")
@@ -343,13 +326,13 @@ def apply_quantize(pipe, config: QuantizeConfig) -> Handle:
     undos: list = []
     try:
         if config.mode in ("bf16", "fp16"):
-            info = _apply_precision(denoiser, config, undos)
+            info = _apply_precision(pipe, denoiser, config, undos)
         elif config.mode == "int8_dynamic" and (config.backend == "torch_ao" or
                                                 (config.backend == "auto" and device.type == "cpu")):
-            info = _apply_torch_ao(denoiser, config)
+            info = _apply_torch_ao(pipe, denoiser, config)
             info["backend"] = "torch_ao"
         else:
-            info = _apply_torchao(denoiser, config)
+            info = _apply_torchao(pipe, denoiser, config)
             info["backend"] = "torchao"
     except BaseException:
         for fn in reversed(undos):

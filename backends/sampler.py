@@ -10,9 +10,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from backends.call_override import call_parameters, override_call
-from backends.steps import patch_attr
 from backends.technique import STAGE_SAMPLER, ConfigError, Handle, NotApplicable, TechniqueConfig, register
+from ground.anatomy import anatomy_of
+from ground.hooks import add_call_hook, replace_attribute
+
+HOOK = "planner.sampler"
 
 SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "flow_euler")
 FLOW_SAMPLERS = ("flow_euler",)
@@ -101,10 +103,26 @@ def _has_scheduler(pipe) -> str | None:
     return None if getattr(pipe, "scheduler", None) is not None else "pipeline has no scheduler"
 
 
+def pin_call_arguments(pipe, overrides: dict, name: str):
+    """A call hook making the pipeline use `overrides` (steps, timesteps) whatever the caller passes."""
+    signature = inspect.signature(type(pipe).__call__)
+    unknown = [k for k in overrides if k not in signature.parameters]
+    if unknown:
+        raise NotApplicable(f"{type(pipe).__name__}.__call__ has no parameter {unknown[0]!r}")
+
+    def pinned(call, *args, **kwargs):
+        arguments = dict(signature.bind_partial(None, *args, **kwargs).arguments)
+        arguments.pop(next(iter(signature.parameters)), None)   # `self`
+        arguments.update(arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {})
+        arguments.update(overrides)
+        return call(**arguments)
+    return add_call_hook(pipe, name, pinned)
+
+
 @register(SamplerConfig, applicable=_has_scheduler)
 def apply_sampler(pipe, config: SamplerConfig) -> Handle:
     scheduler = build_scheduler(pipe, config)
-    params = call_parameters(pipe)
+    params = anatomy_of(pipe).call_parameters
     if "num_inference_steps" not in params:
         raise NotApplicable(f"{type(pipe).__name__}.__call__ takes no num_inference_steps")
     overrides: dict = {"num_inference_steps": config.steps}
@@ -117,8 +135,8 @@ def apply_sampler(pipe, config: SamplerConfig) -> Handle:
             raise ConfigError(f"params.timesteps: must be below {scheduler.config.num_train_timesteps}")
         overrides = {"num_inference_steps": None, "timesteps": list(config.timesteps)}
     _drop_foreign_step_kwargs(scheduler)
-    undo_scheduler = patch_attr(pipe, "scheduler", scheduler)
-    undo_call = override_call(pipe, overrides)
+    undo_call = pin_call_arguments(pipe, overrides, HOOK)
+    undo_scheduler = replace_attribute(pipe, "scheduler", scheduler, HOOK)
 
     def undo() -> None:
         undo_call()

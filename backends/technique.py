@@ -2,7 +2,8 @@
 
 * a config: a frozen pydantic model (`extra="forbid"`), serialised as `{type, version, params}`;
 * a handler registered for that config type: `handler(pipe, config) -> Handle`;
-* a `Handle` whose `remove()` restores the pipeline exactly.
+* a `Handle` whose `remove()` restores the pipeline exactly. Handlers attach only named hooks
+  (`ground.hooks`: "planner.<type>"), so what a technique attached can be listed and removed in any order.
 
 Configs are resolved from dicts only through the registry (an allow-list): an unknown `type` is an
 error, never an import. Several techniques compose in a fixed order of `stage`.
@@ -13,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError, printable
 
 # Application order: the sampler fixes the step grid that cache schedules index; quantisation and token
 # merging change the modules that caches wrap; compilation comes last so cache decisions stay outside it.
@@ -37,6 +38,10 @@ class TechniqueConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "version": self.version, "params": self.model_dump(mode="json")}
+
+    def apply(self, pipe) -> "Handle":
+        """`backends.apply(pipe, self)`: lets code that must not import backends (the profiler) apply a config."""
+        return apply(pipe, self)
 
     def label(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.model_dump().items() if not isinstance(v, (list, dict)))
@@ -90,14 +95,13 @@ def register(config_cls: type[TechniqueConfig], applicable: Callable[[Any], str 
 
 
 def _load_all() -> None:
-    # Importing the technique modules registers them; kept lazy so `import backends` stays cheap.
+    # Importing the technique modules registers them; kept lazy so `import backends` stays cheap. A module
+    # that fails to import is an error, never a technique that silently disappears.
+    import backends.caching  # noqa: F401
+    import backends.compile  # noqa: F401
+    import backends.quantization  # noqa: F401
     import backends.sampler  # noqa: F401
-    for name in ("backends.caching", "backends.tokens", "backends.quantization", "backends.compile"):
-        try:
-            __import__(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+    import backends.tokens  # noqa: F401
 
 
 def registered_types() -> list[str]:
@@ -113,7 +117,7 @@ def config_class(type_name: str) -> type[TechniqueConfig]:
 
 
 def _field_path(error: dict) -> str:
-    return ".".join(str(p) for p in error.get("loc", ())) or "params"
+    return ".".join(printable(p, 80) for p in error.get("loc", ())) or "params"
 
 
 def config_from_dict(data: Any, where: str = "technique") -> TechniqueConfig:
@@ -122,7 +126,8 @@ def config_from_dict(data: Any, where: str = "technique") -> TechniqueConfig:
         raise ConfigError(f"{where}: must be a mapping with type, version and params")
     unknown = set(data) - {"type", "version", "params"}
     if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (allowed: type, version, params)")
+        raise ConfigError(f"{where}.{printable(sorted(map(str, unknown))[0], 80)}: unknown field "
+                          "(allowed: type, version, params)")
     type_name = data.get("type")
     if not isinstance(type_name, str):
         raise ConfigError(f"{where}.type: must be a string naming a technique")

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from backends.steps import patch_attr
 from backends.technique import STAGE_TOKENS, Handle, TechniqueConfig, register
+from ground.anatomy import anatomy_of
+from ground.hooks import Observer, Rewrite, add_forward_hook
 
 
 class ToMeConfig(TechniqueConfig):
@@ -129,44 +130,34 @@ def bipartite_soft_matching(metric: torch.Tensor, dst_mask: torch.Tensor, r: int
 
 # ----------------------------------------------------------------------------------------------- targets
 
-def _transformer_blocks(denoiser) -> list[torch.nn.Module]:
-    from diffusers.models.attention import BasicTransformerBlock
-
-    return [m for m in denoiser.modules() if isinstance(m, BasicTransformerBlock)]
-
-
-def _plain_self_attentions(denoiser) -> list[torch.nn.Module]:
+def _plain_self_attentions(pipe) -> list[torch.nn.Module]:
     """Self-attention modules called directly on feature maps (UNet2DModel's attention blocks)."""
     from diffusers.models.attention_processor import Attention
 
-    inside_blocks = {id(b.attn1) for b in _transformer_blocks(denoiser)}
-    return [m for m in denoiser.modules() if isinstance(m, Attention) and id(m) not in inside_blocks
+    inside_blocks = {id(b.attn1) for b in anatomy_of(pipe).attention_blocks()}
+    return [m for m in anatomy_of(pipe).denoiser.modules() if isinstance(m, Attention) and id(m) not in inside_blocks
             and not m.is_cross_attention and m.group_norm is not None and m.norm_cross is None
             and getattr(m, "spatial_norm", None) is None]
 
 
-def _denoiser(pipe):
-    from planner.models import denoiser_of
-
-    return denoiser_of(pipe)
-
-
 def _tome_applicable(pipe) -> str | None:
     try:
-        denoiser = _denoiser(pipe)
+        anatomy = anatomy_of(pipe)
+        denoiser = anatomy.denoiser
     except Exception as exc:  # noqa: BLE001
         return str(exc)
-    if not _transformer_blocks(denoiser):
+    if not anatomy.attention_blocks():
         return f"{type(denoiser).__name__} has no BasicTransformerBlock (SD-like UNet, DiT or PixArt) to merge tokens in"
     return None
 
 
 def _todo_applicable(pipe) -> str | None:
     try:
-        denoiser = _denoiser(pipe)
+        anatomy = anatomy_of(pipe)
+        denoiser = anatomy.denoiser
     except Exception as exc:  # noqa: BLE001
         return str(exc)
-    if not _transformer_blocks(denoiser) and not _plain_self_attentions(denoiser):
+    if not anatomy.attention_blocks() and not _plain_self_attentions(pipe):
         return f"{type(denoiser).__name__} has no spatial self-attention to downsample"
     return None
 
@@ -181,7 +172,7 @@ class _CallState:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def pre_hook(self, module, args, kwargs):
+    def pre_hook(self, args, kwargs):
         x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             self.base_hw = (-(-x.shape[-2] // self.patch), -(-x.shape[-1] // self.patch))
@@ -192,27 +183,25 @@ class _CallState:
         return None
 
 
-def _install_state(denoiser, seed: int | None) -> tuple[_CallState, Callable[[], None]]:
+def _install_state(denoiser, seed: int | None, name: str) -> tuple[_CallState, Callable[[], None]]:
     state = _CallState(denoiser, seed)
-    hook = denoiser.register_forward_pre_hook(state.pre_hook, with_kwargs=True, prepend=True)
-    return state, hook.remove
+    return state, add_forward_hook(denoiser, name, Observer(pre=state.pre_hook))
 
 
 @register(ToMeConfig, applicable=_tome_applicable)
 def apply_tome(pipe, config: ToMeConfig) -> Handle:
-    denoiser = _denoiser(pipe)
-    blocks = _transformer_blocks(denoiser)
+    anatomy = anatomy_of(pipe)
+    denoiser, blocks, name = anatomy.denoiser, anatomy.attention_blocks(), "planner.tome"
     if config.ratio == 0 or not (config.merge_attn or config.merge_mlp):
         return Handle(config, lambda: None, info={"blocks": 0, "note": "ratio 0: nothing installed"})
-    state, remove_hook = _install_state(denoiser, config.seed if config.random_dst else None)
+    state, remove_hook = _install_state(denoiser, config.seed if config.random_dst else None, name)
     undos: list[Callable[[], None]] = [remove_hook]
     stats = {"merged_calls": 0, "skipped_calls": 0}
 
     for block in blocks:
         current: dict = {}
-        attn_forward, ff_forward = block.attn1.forward, block.ff.forward
 
-        def attn1(hidden_states, *args, _orig=attn_forward, _cur=current, **kwargs):
+        def attn1(_orig, hidden_states, *args, _cur=current, **kwargs):
             _cur.clear()
             enc = kwargs.get("encoder_hidden_states", args[0] if args else None)
             masked = kwargs.get("attention_mask") is not None
@@ -231,15 +220,15 @@ def apply_tome(pipe, config: ToMeConfig) -> Handle:
                 return _orig(hidden_states, *args, **kwargs)
             return unmerge(_orig(merge(hidden_states), *args, **kwargs))
 
-        def ff(hidden_states, *args, _orig=ff_forward, _cur=current, **kwargs):
+        def ff(_orig, hidden_states, *args, _cur=current, **kwargs):
             fns = _cur.pop("fns", None)
             if fns is None or not config.merge_mlp or hidden_states.ndim != 3:
                 return _orig(hidden_states, *args, **kwargs)
             merge, unmerge = fns
             return unmerge(_orig(merge(hidden_states), *args, **kwargs))
 
-        undos.append(patch_attr(block.attn1, "forward", attn1))
-        undos.append(patch_attr(block.ff, "forward", ff))
+        undos.append(add_forward_hook(block.attn1, name, Rewrite(attn1)))
+        undos.append(add_forward_hook(block.ff, name, Rewrite(ff)))
 
     def undo() -> None:
         for fn in reversed(undos):
@@ -257,17 +246,16 @@ def _downsample_map(x: torch.Tensor, factor: int, method: str) -> torch.Tensor:
 
 @register(ToDoConfig, applicable=_todo_applicable)
 def apply_todo(pipe, config: ToDoConfig) -> Handle:
-    denoiser = _denoiser(pipe)
-    state, remove_hook = _install_state(denoiser, None)
+    anatomy = anatomy_of(pipe)
+    name = "planner.todo"
+    state, remove_hook = _install_state(anatomy.denoiser, None, name)
     undos: list[Callable[[], None]] = [remove_hook]
-    targets = [b.attn1 for b in _transformer_blocks(denoiser)
+    targets = [b.attn1 for b in anatomy.attention_blocks()
                if not b.only_cross_attention and b.attn1.norm_cross is None]
-    plain = _plain_self_attentions(denoiser)
+    plain = _plain_self_attentions(pipe)
 
     def token_attention(attn):
-        original = attn.forward
-
-        def forward(hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        def forward(original, hidden_states, encoder_hidden_states=None, *args, **kwargs):
             if encoder_hidden_states is not None or hidden_states.ndim != 3 or args or \
                     kwargs.get("attention_mask") is not None:
                 return original(hidden_states, encoder_hidden_states, *args, **kwargs)
@@ -282,9 +270,7 @@ def apply_todo(pipe, config: ToDoConfig) -> Handle:
         return forward
 
     def map_attention(attn):
-        original = attn.forward
-
-        def forward(hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        def forward(original, hidden_states, encoder_hidden_states=None, *args, **kwargs):
             if encoder_hidden_states is not None or hidden_states.ndim != 4 or args or kwargs.get("attention_mask") is not None:
                 return original(hidden_states, encoder_hidden_states, *args, **kwargs)
             b, c, h, w = hidden_states.shape
@@ -312,9 +298,9 @@ def apply_todo(pipe, config: ToDoConfig) -> Handle:
         return forward
 
     for attn in targets:
-        undos.append(patch_attr(attn, "forward", token_attention(attn)))
+        undos.append(add_forward_hook(attn, name, Rewrite(token_attention(attn))))
     for attn in plain:
-        undos.append(patch_attr(attn, "forward", map_attention(attn)))
+        undos.append(add_forward_hook(attn, name, Rewrite(map_attention(attn))))
 
     def undo() -> None:
         for fn in reversed(undos):

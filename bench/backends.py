@@ -43,7 +43,7 @@ class Holder:
 
 
 def _demo(name: str):
-    from planner.errors import PlannerError
+    from ground.errors import PlannerError
     from planner.models import load_pipeline
 
     try:

@@ -37,7 +37,7 @@ def environment(threads: int) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    from planner.atomic import write_text_atomic
+    from ground.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
 
@@ -65,7 +65,7 @@ def update_readme(name: str, text: str, readme: Path = ROOT / "README.md") -> bo
     pattern = re.compile(rf"(<!-- {re.escape(name)}:begin -->\n).*?(<!-- {re.escape(name)}:end -->)", re.S)
     if not pattern.search(source):
         return False
-    from planner.atomic import write_text_atomic
+    from ground.files import write_text_atomic
 
     write_text_atomic(readme, pattern.sub(lambda m: m.group(1) + text.rstrip() + "\n" + m.group(2), source))
     return True

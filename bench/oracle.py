@@ -47,9 +47,9 @@ QUICK_GRID = {"samplers": ("unipc",), "steps": (4, 8), "intervals": (0, 2), "qua
 
 def space_and_points(pipe, grid: dict) -> tuple[dict, list[dict]]:
     """The planner's parameter names -> allowed values, and every distinct grid point as trial params."""
-    from search_spaces.quantization import available_modes, mode_param
+    from search_spaces.quantization import EXCLUDE_PARAM, MODE_PARAM, available_modes
 
-    qname = mode_param(pipe)
+    qname = MODE_PARAM
     quant = [q for q in grid["quant"] if q == "none" or q in available_modes(pipe)]   # bf16 only where supported
     intervals = [i for i in grid["intervals"] if i]
     space = {"sampler": list(grid["samplers"]), "steps": list(grid["steps"]),
@@ -57,14 +57,14 @@ def space_and_points(pipe, grid: dict) -> tuple[dict, list[dict]]:
     if intervals:
         space.update({"deepcache.branch": [0], "deepcache.interval": intervals})
     if any(q != "none" for q in quant):
-        space["quant_exclude"] = ["io"]
+        space[EXCLUDE_PARAM] = ["io"]
     points = []
     for sampler, steps, interval, mode in itertools.product(grid["samplers"], grid["steps"], grid["intervals"], quant):
         p = {"sampler": sampler, "steps": steps, "cache": "deepcache" if interval else "none", qname: mode}
         if interval:
             p.update({"deepcache.branch": 0, "deepcache.interval": interval})
         if mode != "none":
-            p["quant_exclude"] = "io"
+            p[EXCLUDE_PARAM] = "io"
         points.append(p)
     return space, points
 
@@ -74,7 +74,7 @@ def unsearchable(pipe, space: dict, points: list[dict]) -> str | None:
     range, such as a step count it never tries), or None: checked before any point is measured."""
     import optuna
 
-    from planner.errors import PlannerError
+    from ground.errors import PlannerError
     from search_spaces.compose import suggest_configs
 
     for p in points:
@@ -126,7 +126,7 @@ def run_planner(settings, log) -> tuple[dict, list | None]:
     """`planner optimize` with default settings on the restricted space, in a fresh study."""
     import optuna
 
-    from planner.errors import BudgetNotMet
+    from ground.errors import BudgetNotMet
     from planner.search.optimize import optimize
 
     lines = []

@@ -33,7 +33,9 @@ class Grid:
 
 def setup(settings):
     """The planner's own search context and objective, without the cost model (the grid is exhaustive)."""
-    from planner.models import denoiser_of, fingerprint, load_pipeline
+    from ground.anatomy import denoiser_of
+    from ground.identity import fingerprint
+    from planner.models import load_pipeline
     from planner.quality.budget import parse_budget
     from planner.search.context import SearchContext
     from planner.search.objective import Objective
@@ -43,8 +45,8 @@ def setup(settings):
     base, cand = load_pipeline(settings.model), load_pipeline(settings.model)
     ctx = SearchContext(settings, parse_budget(settings.budget), base, cand, fingerprint(denoiser_of(base)))
     baseline_flops = flops_of(ctx.run_baseline_batch)
-    objective = Objective(ctx, list(FAMILIES), _profile_provider(cand, ctx), cost_model=None,
-                          baseline_flops=baseline_flops)
+    objective = Objective(context=ctx, families=list(FAMILIES), profile_for=_profile_provider(cand, ctx),
+                          cost_model=None, baseline_flops=baseline_flops)
     return ctx, objective, baseline_flops
 
 
@@ -125,7 +127,7 @@ def worker_main(argv: list[str]) -> int:
     """One grid worker: its share of the points, on one torch thread, trials written as JSON."""
     import torch
 
-    from planner.atomic import write_text_atomic
+    from ground.files import write_text_atomic
 
     settings_file, points_file, out, tag = argv
     settings = _settings_from(json.loads(Path(settings_file).read_text()))

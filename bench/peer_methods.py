@@ -149,7 +149,7 @@ class _HookDriver:
     def __init__(self, pipe, transformer) -> None:
         from diffusers.hooks import HookRegistry
 
-        from backends.steps import track_steps
+        from ground.steps import track_steps
 
         try:
             from diffusers.hooks.hooks import CacheContext, _set_cache_context  # what `cache_context` does
@@ -182,7 +182,7 @@ class _HookDriver:
             self._set_context(module, None)
 
     def close(self) -> None:
-        from backends.steps import release_steps
+        from ground.steps import release_steps
 
         for undo in reversed(self._undo):
             undo()

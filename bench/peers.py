@@ -66,8 +66,11 @@ class ModelBench:
     def __init__(self, model: str, args, log) -> None:
         import torch
 
-        from planner.generation import default_request, generate
-        from planner.models import DEMO_MODELS, denoiser_of, fingerprint, load_pipeline
+        from ground.generation import default_request, generate
+        from planner.demo import DEMO_MODELS
+        from ground.anatomy import anatomy_of, denoiser_of
+        from ground.identity import fingerprint
+        from planner.models import load_pipeline
         from planner.quality.budget import parse_budget
         from planner.quality.evaluate import Evaluator
         from planner.search.context import SearchContext, SearchSettings
@@ -88,7 +91,8 @@ class ModelBench:
                                  fingerprint(denoiser_of(self.base_pipe)))
         request = self.ctx.search.request
         self.info = Evaluator(parse_budget("psnr>=0,acc>=0" if self.trained else "psnr>=0"), self.ctx.search.images,
-                              conditions=list(request.conditions))
+                              conditions=list(request.conditions), classifier=self.ctx.classifier
+                              or anatomy_of(self.base_pipe).label_classifier())
         steps, guidance = self.settings.baseline_steps, self.settings.guidance_scale
         self.env = Env(steps=steps, calibrate=lambda pipe: generate(pipe, default_request(pipe, 2, CALIBRATION_SEED),
                                                                      guidance_scale=guidance))
@@ -170,7 +174,7 @@ class ModelBench:
         return row
 
     def baseline_unchanged(self) -> bool:
-        from planner.generation import generate
+        from ground.generation import generate
 
         again = generate(self.base_pipe, self._probe_request, steps=self.settings.baseline_steps,
                          guidance_scale=self.settings.guidance_scale)

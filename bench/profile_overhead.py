@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 
 def _pipeline(model: str):
-    from planner.models import WEIGHTS_DIR, load_pipeline
+    from planner.demo import WEIGHTS_DIR
+    from planner.models import load_pipeline
 
     if model.startswith("digits-") and not (WEIGHTS_DIR / model / "model_index.json").exists():
         from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
@@ -43,7 +44,7 @@ def _pipeline(model: str):
 
 
 def bench(model: str, steps: int, samples: int, batch: int, rounds: int) -> dict:
-    from planner.generation import default_request, generate
+    from ground.generation import default_request, generate
     from profiler import profile_pipeline
 
     pipe, weights = _pipeline(model)

@@ -32,7 +32,7 @@ from backends.caching import (CFGReuseConfig, DeepCacheConfig, FirstBlockCacheCo
                               TeaCacheConfig)
 from backends.caching.common import WorkCounter
 from backends.sampler import SamplerConfig
-from planner.generation import default_request, generate
+from ground.generation import default_request, generate
 
 ROOT = Path(__file__).resolve().parent
 
@@ -200,11 +200,13 @@ def main(argv=None) -> int:
     extractor = reference = None
     if not args.no_fid:
         try:
-            from planner.quality.evaluate import resolve_reference
+            from planner.models import load_pipeline
             from planner.quality.features import get_extractor
+            from planner.quality.reference import resolve_reference
 
-            extractor = get_extractor(model="digits-unet")
-            reference = resolve_reference("digits-unet", extractor)
+            digits = load_pipeline("digits-unet")
+            extractor = get_extractor(None, pipe=digits)
+            reference = resolve_reference(extractor, pipe=digits)
         except Exception as exc:  # noqa: BLE001 - PSNR only, and say why
             print(f"FID unavailable ({type(exc).__name__}: {exc}); reporting PSNR only", file=sys.stderr)
             extractor = reference = None

@@ -4,7 +4,10 @@
     handle = planner.apply(pipe, "plan.yaml")   # accelerate an already-loaded pipeline
     handle.remove()                              # and restore it exactly
 """
-__version__ = "0.1.0"
+from ground import __version__  # noqa: F401
+from ground.errors import BudgetNotMet, PlannerError  # noqa: F401
+
+from planner import demo as _demo  # noqa: F401,E402  the built-in models register themselves
 
 
 def apply(pipe, plan, strict: bool = False):

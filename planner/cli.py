@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 # Order shown in `planner --help`; a command whose module is absent is simply not offered.
 COMMANDS = ("optimize", "profile", "generate", "evaluate", "run", "gate", "show", "validate", "plan_from_study")

@@ -1,59 +1,108 @@
-"""Resolve a MODEL argument to a loaded diffusers pipeline, and fingerprint pipelines.
+"""Resolve a MODEL argument to a loaded diffusers pipeline.
 
-MODEL is a built-in name (`digits-unet`, `digits-dit`, or a tiny random-weight architecture such as
-`tiny-sd`), a local diffusers folder, or a hub id (used only where the user has network or a cache).
-Weights load from safetensors only: never by unpickling.
+MODEL is a built-in name (registered with `register_builtin`; the demo models and the tiny random-weight
+architectures register themselves from planner/demo), a local diffusers folder, or a hub id (loaded only
+where the user has network or a local cache). Weights load from safetensors only: never by unpickling.
+A folder naming a pipeline class that is neither diffusers' own nor registered here
+(`register_pipeline_class`) needs `custom_pipeline=` (`--custom-pipeline`), which goes through diffusers'
+own mechanism; nothing else in a folder is ever imported.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError, first_line
+from ground.files import read_bounded
 
-WEIGHTS_DIR = Path(__file__).parent / "demo" / "weights"
-DEMO_MODELS = {"digits-unet": "DigitsUNetPipeline", "digits-dit": "DigitsDiTPipeline"}
+MAX_INDEX_BYTES = 1 << 20
 
 
-def _own_pipeline_classes() -> dict:
-    from planner.demo.pipeline import DigitsDiTPipeline, DigitsUNetPipeline
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    description: str
+    load: Callable[[torch.dtype | None], object]   # dtype -> pipeline on CPU
 
-    return {"DigitsUNetPipeline": DigitsUNetPipeline, "DigitsDiTPipeline": DigitsDiTPipeline}
+
+_BUILTINS: dict[str, Builtin] = {}
+_PIPELINE_CLASSES: dict[str, Callable[[], type]] = {}
+
+
+def register_builtin(name: str, description: str, load: Callable[[torch.dtype | None], object]) -> None:
+    _BUILTINS[name] = Builtin(name, description, load)
+
+
+def register_pipeline_class(class_name: str, resolve: Callable[[], type]) -> None:
+    """A pipeline class of this project's that a saved folder's model_index.json may name."""
+    _PIPELINE_CLASSES[class_name] = resolve
 
 
 def builtin_names() -> list[str]:
-    from planner.demo.tiny_pipelines import TINY_FAMILIES
+    return list(_BUILTINS)
 
-    return list(DEMO_MODELS) + [f"tiny-{f}" for f in TINY_FAMILIES]
+
+def model_help() -> str:
+    """The MODEL argument's help line, naming the registered built-in models."""
+    names = builtin_names()
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"a built-in name ({shown}), a local diffusers folder or a hub id"
+
+
+def builtin(name: str) -> Builtin | None:
+    return _BUILTINS.get(name)
+
+
+def is_hub_id(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).exists()
 
 
 def _quiet_loading():
-    # diffusers draws a "Loading pipeline components" bar per load; a CLI that loads twice should not.
+    # diffusers draws a "Loading pipeline components" bar per load; a CLI should not.
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
 
 
-def _load_folder(path: Path, **kwargs):
+def pipeline_class_name(path: Path) -> str:
+    """The `_class_name` of a diffusers folder's model_index.json; one-line errors otherwise."""
+    index = path / "model_index.json"
+    try:
+        data = json.loads(read_bounded(index, MAX_INDEX_BYTES, "model_index.json"))
+    except ValueError as exc:
+        raise PlannerError(f"{path}: model_index.json is not valid JSON ({exc})") from None
+    except PlannerError as exc:
+        raise PlannerError(f"{path}: not a diffusers pipeline folder ({exc})") from None
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PlannerError(f"{path}: model_index.json `_class_name` must name a pipeline class, got {name!r}")
+    return name
+
+
+def _load_folder(path: Path, custom_pipeline: str | None = None, **kwargs):
+    import diffusers
     from diffusers import DiffusionPipeline
 
     _quiet_loading()
-
-    index = path / "model_index.json"
-    try:
-        class_name = json.loads(index.read_text())["_class_name"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PlannerError(f"{path}: not a diffusers pipeline folder (model_index.json unreadable: {exc})") from None
-    cls = _own_pipeline_classes().get(class_name, DiffusionPipeline)
+    class_name = pipeline_class_name(path)
+    if class_name in _PIPELINE_CLASSES:
+        cls = _PIPELINE_CLASSES[class_name]()
+    elif hasattr(diffusers, class_name) or custom_pipeline is not None:
+        cls = DiffusionPipeline
+    else:
+        raise PlannerError(f"{path}: pipeline class {class_name} is not part of diffusers; if the folder "
+                           f"brings its own code, pass --custom-pipeline (diffusers' mechanism) to load it")
+    if custom_pipeline is not None:
+        kwargs["custom_pipeline"] = custom_pipeline
     try:
         return cls.from_pretrained(path, use_safetensors=True, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"{path}: could not load pipeline {class_name} from safetensors: {first}") from None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise PlannerError(f"{path}: could not load pipeline {class_name} from safetensors: {first_line(exc)}") from None
 
 
 def _load_hub(model_id: str, **kwargs):
@@ -70,64 +119,37 @@ def _load_hub(model_id: str, **kwargs):
     try:
         return DiffusionPipeline.from_pretrained(model_id, use_safetensors=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types; the user needs one line
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"{model_id}: cannot load from the hub or the local cache: {cause[:200]}") from None
+        raise PlannerError(f"{model_id}: cannot load from the hub or the local cache: {first_line(exc, 200)}") from None
 
 
-def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype | None = None):
-    """Load MODEL (see module doc) and move it to `device`."""
+def resolve_model(model: str) -> str:
+    """What kind of MODEL this is: 'builtin', 'folder' or 'hub'; one-line error for anything else."""
+    if not isinstance(model, str) or not model.strip():
+        raise PlannerError("MODEL: give a built-in name, a diffusers folder or a hub id")
+    if model in _BUILTINS:
+        return "builtin"
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise PlannerError(f"{model}: is a file; MODEL must be a diffusers pipeline folder, a built-in "
+                               f"name ({', '.join(_BUILTINS)}) or a hub id")
+        return "folder"
+    if is_hub_id(model):
+        return "hub"
+    raise PlannerError(f"{model}: no such built-in model, folder or hub id; built-in models are "
+                       + ", ".join(_BUILTINS))
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype | None = None,
+                  custom_pipeline: str | None = None):
+    """Load MODEL (see module doc) in `dtype` (default: as stored) and move it to `device`."""
+    kind = resolve_model(model)
     kwargs = {} if dtype is None else {"torch_dtype": dtype}
-    if model in DEMO_MODELS:
-        path = WEIGHTS_DIR / model
-        if not (path / "model_index.json").exists():
-            raise PlannerError(f"{model}: shipped weights missing at {path}; reinstall the package "
-                               f"or retrain with `python -m planner.demo.train {model.split('-')[1]}`")
-        pipe = _load_folder(path, **kwargs)
-    elif model.startswith("tiny-"):
-        from planner.demo.tiny_pipelines import TINY_FAMILIES, build_tiny_pipeline
-
-        family = model[len("tiny-"):]
-        if family not in TINY_FAMILIES:
-            raise PlannerError(f"{model}: unknown tiny architecture; choose one of "
-                               + ", ".join(f"tiny-{f}" for f in TINY_FAMILIES))
-        pipe = build_tiny_pipeline(family)
-        if dtype is not None:
-            pipe.to(dtype=dtype)
-    elif Path(model).exists():
-        if not Path(model).is_dir():
-            raise PlannerError(f"{model}: is a file; MODEL must be a diffusers pipeline folder, "
-                               f"a built-in name ({', '.join(DEMO_MODELS)}) or a hub id")
-        pipe = _load_folder(Path(model), **kwargs)
-    elif model.count("/") == 1 and not model.startswith((".", "/")):
-        pipe = _load_hub(model, **kwargs)
+    if kind == "builtin":
+        pipe = _BUILTINS[model].load(dtype)
+    elif kind == "folder":
+        pipe = _load_folder(Path(model).expanduser(), custom_pipeline, **kwargs)
     else:
-        raise PlannerError(f"{model}: no such built-in model, folder or hub id; built-in models are "
-                           + ", ".join(DEMO_MODELS))
+        pipe = _load_hub(model, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def denoiser_of(pipe) -> torch.nn.Module:
-    """The network called once per step: `transformer` where a pipeline has one, else `unet`."""
-    for name in ("transformer", "unet"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    raise PlannerError(f"{type(pipe).__name__}: no `transformer` or `unet` component to accelerate")
-
-
-def fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a module's config and every parameter and buffer (names, shapes, dtypes, bytes)."""
-    digest = hashlib.sha256()
-    config = getattr(module, "config", None)
-    if config is not None:
-        # Private keys (`_name_or_path`, `_diffusers_version`, ...) say where and by what the model was
-        # loaded, not what it is: the same weights must fingerprint the same from any folder.
-        public = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
-        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
-    digest.update(type(module).__name__.encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + digest.hexdigest()[:16]

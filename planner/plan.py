@@ -15,8 +15,8 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from planner.atomic import write_text_atomic
-from planner.errors import PlannerError
+from ground.files import write_text_atomic
+from ground.errors import PlannerError, printable
 
 PLAN_VERSION = 1
 MAX_PLAN_BYTES = 4 * 1024 * 1024
@@ -144,7 +144,7 @@ def migrate(data: dict) -> dict:
 def _loc(error: dict) -> str:
     parts = []
     for p in error.get("loc", ()):
-        parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + printable(p, 80))
     return "".join(parts) or "plan"
 
 

@@ -3,10 +3,16 @@
     import planner
     handle = planner.apply(pipe, "plans/digits-unet.yaml")
     images = pipe(...)          # accelerated
+    handle.attached()           # [(where, hook name), ...]: what the plan attached
     handle.remove()             # exactly the original pipeline again
 
-Concurrency: calls on one accelerated pipeline are serialised by a per-pipeline lock, because cache
-techniques keep per-call state. For parallel serving, load one pipeline per worker.
+One plan per pipeline: `apply` on a pipeline that is already accelerated (by a plan, or by techniques
+attached directly with `backends.apply`) is refused with one line; remove the first, then apply the
+other. A plan whose techniques fail to apply leaves the pipeline untouched.
+
+Concurrency: calls on one accelerated pipeline are serialised by a per-pipeline lock (the plan's named
+call hook, outermost), because cache techniques keep per-call state. For parallel serving, load one
+pipeline per worker.
 """
 from __future__ import annotations
 
@@ -14,12 +20,16 @@ import inspect
 import threading
 import warnings
 
-from backends.call_override import wrap_call
 from backends.technique import apply_all
-from planner.environment import current_environment, differences
-from planner.errors import PlannerError
-from planner.models import denoiser_of, fingerprint
+from ground.anatomy import denoiser_of
+from ground.environment import current_environment, differences
+from ground.errors import PlannerError
+from ground.hooks import add_call_hook, attached
+from ground.identity import fingerprint
 from planner.plan import Plan, load_plan
+
+HOOK = "planner.plan"
+ACTIVE = "_planner_active_plan"   # pipe.__dict__: the PlanHandle applied now
 
 
 class PlanMismatch(PlannerError):
@@ -27,9 +37,11 @@ class PlanMismatch(PlannerError):
 
 
 class PlanHandle:
-    def __init__(self, plan: Plan, techniques, undo_guard) -> None:
+    def __init__(self, pipe, plan: Plan, techniques, undo_guard, source: str) -> None:
+        self.pipe = pipe
         self.plan = plan
         self.techniques = techniques
+        self.source = source
         self._undo_guard = undo_guard
         self.removed = False
 
@@ -37,11 +49,18 @@ class PlanHandle:
     def setup_seconds(self) -> float:
         return sum(float(h.info.get("setup_s", 0.0)) for h in self.techniques.handles)
 
+    def attached(self) -> list[tuple[str, str]]:
+        """The named hooks on the pipeline (empty once removed)."""
+        return attached(self.pipe)
+
     def remove(self) -> None:
-        if not self.removed:
-            self._undo_guard()
-            self.techniques.remove()
-            self.removed = True
+        if self.removed:
+            return
+        self._undo_guard()
+        self.techniques.remove()
+        if self.pipe.__dict__.get(ACTIVE) is self:
+            del self.pipe.__dict__[ACTIVE]
+        self.removed = True
 
     def __enter__(self):
         return self
@@ -77,20 +96,30 @@ def _guard(pipe, plan: Plan):
     lock = threading.RLock()
     warned = []
 
-    def make_call(base_call):
-        def __call__(self, *args, **kwargs):
-            batch, resolution = _call_shape(signature, args, kwargs)
-            tuned = plan.shapes
-            if not warned and ((batch and batch != tuned.batch) or (resolution and tuned.resolution
-                                                                     and resolution != tuned.resolution)):
-                warned.append(True)
-                warnings.warn(f"plan tuned for batch {tuned.batch}, resolution {tuned.resolution}; this call "
-                              f"asks for batch {batch}, resolution {resolution}: it runs, but the measured "
-                              f"speed-up and quality were not checked at these shapes", stacklevel=2)
-            with lock:
-                return base_call(self, *args, **kwargs)
-        return __call__
-    return wrap_call(pipe, make_call)
+    def guarded(call, *args, **kwargs):
+        batch, resolution = _call_shape(signature, args, kwargs)
+        tuned = plan.shapes
+        if not warned and ((batch and batch != tuned.batch) or (resolution and tuned.resolution
+                                                                 and resolution != tuned.resolution)):
+            warned.append(True)
+            warnings.warn(f"plan tuned for batch {tuned.batch}, resolution {tuned.resolution}; this call "
+                          f"asks for batch {batch}, resolution {resolution}: it runs, but the measured "
+                          f"speed-up and quality were not checked at these shapes", stacklevel=3)
+        with lock:
+            return call(*args, **kwargs)
+    return add_call_hook(pipe, HOOK, guarded)
+
+
+def refuse_if_accelerated(pipe) -> None:
+    """One line when `pipe` already carries a plan or planner techniques: one state per pipeline."""
+    active = pipe.__dict__.get(ACTIVE)
+    if active is not None and not active.removed:
+        raise PlannerError(f"pipeline already accelerated by {active.source} (plan for {active.plan.model.name}); "
+                           "remove it first (handle.remove())")
+    ours = [f"{where}: {name}" for where, name in attached(pipe) if name.startswith("planner.")]
+    if ours:
+        raise PlannerError(f"pipeline already has planner techniques attached ({ours[0]}, ...); "
+                           "remove them first")
 
 
 def check_plan_fits(pipe, plan: Plan, strict: bool = False) -> None:
@@ -109,6 +138,8 @@ def check_plan_fits(pipe, plan: Plan, strict: bool = False) -> None:
 
 def apply(pipe, plan: str | Plan, strict: bool = False) -> PlanHandle:
     """Accelerate `pipe` in place with `plan` (a path or a Plan); returns a handle whose remove() undoes it."""
+    refuse_if_accelerated(pipe)
+    source = "a Plan object" if isinstance(plan, Plan) else str(plan)
     if not isinstance(plan, Plan):
         plan = load_plan(plan)
     check_plan_fits(pipe, plan, strict=strict)
@@ -118,7 +149,9 @@ def apply(pipe, plan: str | Plan, strict: bool = False) -> PlanHandle:
     except BaseException:
         techniques.remove()
         raise
-    return PlanHandle(plan, techniques, undo_guard)
+    handle = PlanHandle(pipe, plan, techniques, undo_guard, source)
+    pipe.__dict__[ACTIVE] = handle
+    return handle
 
 
-__all__ = ["apply", "PlanHandle", "PlanMismatch", "check_plan_fits"]
+__all__ = ["apply", "PlanHandle", "PlanMismatch", "check_plan_fits", "refuse_if_accelerated"]

@@ -13,7 +13,7 @@ from profiler.core import (  # noqa: F401
     DEFAULT_BATCH,
     DEFAULT_SAMPLES,
     DEFAULT_STEPS,
-    cache_root,
+    profiles_dir,
     cached_profile,
     profile_key,
     profile_pipeline,

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-BLOCK_LISTS = ("down_blocks", "up_blocks", "transformer_blocks", "single_transformer_blocks", "blocks", "layers")
-SINGLE_BLOCKS = ("mid_block",)
+from ground.anatomy import anatomy_of
+
 UNET_SUB_LISTS = ("resnets", "attentions")
 
 
@@ -45,15 +45,19 @@ def _contains_attention(module: torch.nn.Module) -> bool:
     return any(_is_attention(m) for m in module.modules())
 
 
-def discover_blocks(denoiser: torch.nn.Module) -> list[BlockSpec]:
+def discover_blocks(pipe) -> list[BlockSpec]:
     """Level-0 entries in the order of `named_children` (forward order for diffusers models), each
-    block followed by its level-1 sub-blocks. Entries that never run are dropped after profiling."""
+    block followed by its level-1 sub-blocks. The main blocks are the pipeline's anatomy's (the one
+    enumeration of blocks every technique uses). Entries that never run are dropped after profiling."""
+    anatomy = anatomy_of(pipe)
+    main = {b.name for b in anatomy.blocks()}
+    lists = {name.split(".")[0] for name in main if "." in name}
     specs: list[BlockSpec] = []
-    for child_name, child in denoiser.named_children():
-        if isinstance(child, torch.nn.ModuleList) and child_name in BLOCK_LISTS:
+    for child_name, child in anatomy.denoiser.named_children():
+        if child_name in lists:
             for i, block in enumerate(child):
                 specs.extend(_block_and_subs(f"{child_name}.{i}", block))
-        elif child_name in SINGLE_BLOCKS and child is not None:
+        elif child_name in main and child is not None:
             specs.extend(_block_and_subs(child_name, child))
         elif isinstance(child, torch.nn.ModuleList):
             for i, m in enumerate(child):  # e.g. controlnet projections; rarely run

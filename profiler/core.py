@@ -1,19 +1,26 @@
 """profile_pipeline: run a pipeline on a few (condition, seed) pairs with hooks on every block, and
-assemble the profile document; cached_profile: the same, reusing a stored profile with a matching key."""
+assemble the profile document; cached_profile: the same, reusing a stored profile with a matching key.
+
+The sampler to profile at is an argument: any object with `steps`, `to_dict()` and `apply(pipe)`
+returning a handle with `remove()` (a `backends.sampler.SamplerConfig` is one), applied for the run and
+removed after. The profiler itself imports nothing of the planner but its ground layer.
+"""
 from __future__ import annotations
 
-import datetime as _dt
-import os
 import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from planner.errors import PlannerError
-from profiler.blocks import discover_blocks, primary_output
-from profiler.profile import SCHEMA_NAME, SCHEMA_VERSION, Profile, fit_polynomial, key_hash
+from ground.anatomy import anatomy_of
+from ground.cache import cache_dir
+from ground.errors import PlannerError
+from ground.generation import Request, default_request, generate
+from ground.identity import fingerprint
+from profiler.blocks import discover_blocks
+from profiler.document import ProfileRun, assemble
+from profiler.profile import Profile, key_hash
 from profiler.recorder import Recorder
 
 DEFAULT_STEPS = 20
@@ -32,9 +39,7 @@ def default_resolution(pipe, extra: dict | None = None) -> list[int] | None:
     extra = extra or {}
     if extra.get("height") and extra.get("width"):
         return [int(extra["height"]), int(extra["width"])]
-    from planner.models import denoiser_of
-
-    denoiser = denoiser_of(pipe)
+    denoiser = anatomy_of(pipe).denoiser
     cfg = getattr(denoiser, "config", {})
     size = getattr(pipe, "default_sample_size", None) or cfg.get("sample_size")
     if size is None:
@@ -50,16 +55,14 @@ def default_resolution(pipe, extra: dict | None = None) -> list[int] | None:
 
 def _sampler_key(pipe, sampler) -> dict:
     if sampler is not None:
-        return {k: v for k, v in sampler.model_dump(mode="json").items() if k != "steps"}
+        return {k: v for k, v in sampler.to_dict()["params"].items() if k != "steps"}
     return {"name": "pipeline:" + type(pipe.scheduler).__name__}
 
 
 def profile_key(pipe, sampler=None, steps: int | None = None, batch: int = DEFAULT_BATCH,
                 guidance_scale: float | None = None, model: str | None = None, extra: dict | None = None) -> dict:
     """What a profile is valid for: the cache looks profiles up by exactly this."""
-    from planner.models import denoiser_of, fingerprint
-
-    denoiser = denoiser_of(pipe)
+    denoiser = anatomy_of(pipe).denoiser
     param = next(iter(denoiser.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = str(param.dtype).replace("torch.", "") if param is not None else "unknown"
@@ -156,12 +159,9 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
                      **extra) -> Profile:
     """Profile `pipe` generating `request` (default: `samples` pairs from `seed`) in batches of `batch`.
 
-    `sampler` (a backends.sampler.SamplerConfig) is applied for the run and removed after; without it
-    the pipeline's own scheduler runs `steps` steps. Outputs are those of an unprofiled run, bit for bit.
+    `sampler` (see the module doc) is applied for the run and removed after; without it the pipeline's
+    own scheduler runs `steps` steps. Outputs are those of an unprofiled run, bit for bit.
     """
-    from planner.generation import Request, default_request, generate
-    from planner.models import denoiser_of
-
     steps = _resolve_steps(sampler, steps)
     request = request if request is not None else default_request(pipe, samples, seed)
     if len(request) < 1:
@@ -169,7 +169,7 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
     batch = min(batch or min(DEFAULT_BATCH, len(request)), len(request))
     if batch < 1:
         raise PlannerError("batch: must be at least 1")
-    denoiser = denoiser_of(pipe)
+    denoiser = anatomy_of(pipe).denoiser
     key = profile_key(pipe, sampler, steps, batch, guidance_scale, model, extra)
     param = next(iter(denoiser.parameters()))
     device = param.device
@@ -179,11 +179,7 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
     chunks = [Request(request.conditions[i:i + batch], request.seeds[i:i + batch])
               for i in range(0, len(request), batch)]
 
-    handle = None
-    if sampler is not None:
-        import backends
-
-        handle = backends.apply(pipe, sampler)
+    handle = sampler.apply(pipe) if sampler is not None else None
     try:
         warmup_ms = None
         if device.type == "cuda":
@@ -197,7 +193,7 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
             warmup_ms = (time.perf_counter() - t0) * 1000
         peak_bytes, peak_method = _peak_memory(device)
 
-        specs = discover_blocks(denoiser)
+        specs = discover_blocks(pipe)
         recorder = Recorder(pipe, denoiser, specs, use_cuda_events=device.type == "cuda", analyse=analyse,
                             token_threshold=token_threshold, max_tokens=max_tokens)
         hooks_before = {id(m): (len(m._forward_hooks), len(m._forward_pre_hooks)) for m in denoiser.modules()}
@@ -228,163 +224,20 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
         if handle is not None:
             handle.remove()
 
-    profile = Profile(_assemble(pipe, denoiser, key, specs, recorder, request, chunks, steps, call_ms,
-                                warmup_ms, peak_bytes, peak_method, flops, total_flops, peaks, denoiser_peak,
-                                token_threshold, max_tokens, analyse))
+    profile = Profile(assemble(ProfileRun(
+        pipe=pipe, denoiser=denoiser, key=key, specs=specs, recorder=recorder, request=request, chunks=chunks,
+        steps=steps, call_ms=call_ms, warmup_ms=warmup_ms, peak_bytes=peak_bytes, peak_method=peak_method,
+        flops=flops, total_flops=total_flops, peaks=peaks, denoiser_peak=denoiser_peak,
+        token_threshold=token_threshold, max_tokens=max_tokens, analyse=analyse)))
     if keep_images:
         profile.images = torch.cat(images)
     return profile
 
 
-def _assemble(pipe, denoiser, key, specs, rec: Recorder, request, chunks, steps, call_ms, warmup_ms,
-              peak_bytes, peak_method, flops, total_flops, peaks, denoiser_peak, token_threshold, max_tokens,
-              analyse) -> dict:
-    import diffusers
-
-    import planner
-
-    calls = len(chunks)
-    num_steps = max([s for (_, s) in rec.denoiser_time] + [steps - 1]) + 1
-    ran = sorted(rec.first_seen, key=lambda i: rec.first_seen[i])
-    # keep discovery's grouping (parents before their subs) but order by first execution
-    order = [i for i in ran if specs[i].level == 0]
-    ordered: list[int] = []
-    for i in order:
-        ordered.append(i)
-        ordered.extend(j for j in ran if specs[j].parent == specs[i].name)
-
-    def per_call_mean(values_by_call_step: dict, i=None) -> list:
-        row = []
-        for s in range(num_steps):
-            vals = [values_by_call_step.get((i, c, s) if i is not None else (c, s)) for c in range(calls)]
-            vals = [v for v in vals if v is not None]
-            row.append(float(np.mean(vals)) * 1000 if vals else None)
-        return row
-
-    def stat_matrix(metric: str) -> list:
-        rows = []
-        for i in ordered:
-            row = []
-            for s in range(num_steps):
-                vals = [rec.stats[(c, s)].get(metric, {}).get(i) for c in range(calls) if (c, s) in rec.stats]
-                vals = [v for v in vals if v is not None and np.isfinite(v)]
-                row.append(float(np.mean(vals)) if vals else None)
-            rows.append(row)
-        return rows
-
-    def step_stat(metric: str) -> list:
-        out = []
-        for s in range(num_steps):
-            vals = [rec.stats[(c, s)].get(metric) for c in range(calls) if (c, s) in rec.stats]
-            vals = [v for v in vals if v is not None and np.isfinite(v)]
-            out.append(float(np.mean(vals)) if vals else None)
-        return out
-
-    blocks = []
-    for i in ordered:
-        spec = specs[i]
-        in_shape, out_shape = rec.shapes.get(i, (None, None))
-        blocks.append({
-            "name": spec.name, "kind": type(spec.module).__name__, "level": spec.level, "role": spec.role,
-            "parent": spec.parent, "attention": spec.attention,
-            "input_shape": list(in_shape) if in_shape else None,
-            "output_shape": list(out_shape) if out_shape else None,
-            "shapes_match": bool(in_shape is not None and in_shape == out_shape),
-            "param_bytes": int(sum(p.numel() * p.element_size() for p in spec.module.parameters())),
-            "flops": flops.get(i),
-            "activation_bytes": rec.activation_bytes.get(i),
-            "peak_mem_bytes": peaks.get(i),
-        })
-
-    # first block whose output has its input's shape: FBCache-style indicator
-    # (execution order: a UNet's first block downsamples, so its first resnet is taken)
-    first = next((k for k, b in enumerate(blocks) if b["role"] in ("block", "sub") and b["shapes_match"]), None)
-
-    def points(x_metric: str, block: int | None = None):
-        xs, ys = [], []
-        for (c, s), st in rec.stats.items():
-            y = st.get("denoiser_rel_l1_rows")
-            x = st.get(x_metric) if block is None else st.get(x_metric, {}).get(block)
-            if x is None or y is None or len(x) != len(y):
-                continue
-            xs.extend(np.asarray(x).tolist())
-            ys.extend(np.asarray(y).tolist())
-        return xs, ys
-
-    xs, ys = points("indicator_rel_l1_rows")
-    indicators = {"primary": "modulated_input",
-                  "modulated_input": {"source": rec.indicator_source,
-                                      "rel_l1": step_stat("indicator_rel_l1"),
-                                      "points": {"x": xs, "y": ys}, "fit": fit_polynomial(xs, ys)}}
-    if first is not None:
-        fi = ordered[first]
-        xs2, ys2 = points("residual_rel_l1_rows", fi)
-        indicators["first_block_residual"] = {
-            "source": f"{blocks[first]['name']} residual (output - input)",
-            "rel_l1": [row for row in stat_matrix("residual_rel_l1")[first]],
-            "points": {"x": xs2, "y": ys2}, "fit": fit_polynomial(xs2, ys2)}
-
-    cfg_detected = bool(rec.cfg_calls) and all(rec.cfg_calls)
-    denoiser_ms = per_call_mean(rec.denoiser_time)
-    step_ms = per_call_mean(rec.step_time)
-    latency = [per_call_mean(rec.latency, i) for i in ordered]
-    latency = [[0.0 if v is None else v for v in row] for row in latency]
-    device_type = next(iter(denoiser.parameters())).device.type
-    return {
-        "schema": SCHEMA_NAME,
-        "version": SCHEMA_VERSION,
-        "key": key,
-        "key_hash": key_hash(key),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                        "planner": planner.__version__, "threads": torch.get_num_threads(),
-                        "pipeline": type(pipe).__name__, "denoiser": type(denoiser).__name__},
-        "settings": {"samples": len(request), "batch": key["batch"], "calls": calls,
-                     "conditions": [c if isinstance(c, (int, str)) or c is None else str(c)
-                                    for c in request.conditions],
-                     "seeds": list(request.seeds), "warmup": warmup_ms is not None, "analysed": analyse},
-        "timesteps": rec.timesteps,
-        "timing": {
-            "method": "cuda_events" if device_type == "cuda" else "perf_counter",
-            "note": "ms; mean over pipeline calls; hook bookkeeping subtracted from every region",
-            "pipeline_ms": float(np.mean([c[0] for c in call_ms])),
-            "pipeline_ms_with_profiler": float(np.mean([c[1] for c in call_ms])),
-            "warmup_ms": warmup_ms,
-            "denoiser_ms": denoiser_ms,
-            "step_ms": step_ms,
-            "hook_overhead_ms": rec.overhead * 1000 / calls,
-            "analysis_ms": rec.analysis_seconds * 1000 / calls,
-        },
-        "flops": {"method": "torch.utils.flop_counter.FlopCounterMode on a replay of the first denoiser "
-                            "call (matmul/conv/attention FLOPs; elementwise ops count 0)",
-                  "denoiser_call": total_flops},
-        "memory": {"method": peak_method, "peak_bytes": peak_bytes, "denoiser_peak_bytes": denoiser_peak,
-                   "param_bytes": int(sum(p.numel() * p.element_size() for p in denoiser.parameters())),
-                   "block_activation_bytes": "bytes of every tensor a block returns (one call)",
-                   "block_peak_mem_bytes": "cuda only: max_memory_allocated increase inside each level-0 entry"},
-        "blocks": blocks,
-        "latency_ms": latency,
-        "redundancy": {m: stat_matrix(m) for m in ("output_rel_l1", "output_cos", "residual_rel_l1", "residual_cos")},
-        "tokens": {"threshold": token_threshold, "max_tokens": max_tokens,
-                   "token_frac": stat_matrix("token_frac"), "token_mean_max": stat_matrix("token_mean_max")},
-        "per_step": {
-            "denoiser_rel_l1": step_stat("denoiser_rel_l1"),
-            "denoiser_cos": step_stat("denoiser_cos"),
-            "indicator_rel_l1": step_stat("indicator_rel_l1"),
-            "first_block_residual_rel_l1": indicators.get("first_block_residual", {}).get("rel_l1", [None] * num_steps),
-            "cfg_rel_l1": step_stat("cfg_rel_l1") if cfg_detected else [None] * num_steps,
-            "cfg_cos": step_stat("cfg_cos") if cfg_detected else [None] * num_steps,
-        },
-        "cfg": {"detected": cfg_detected,
-                "note": "denoiser batch is [cond; uncond]: similarity of the two halves of its output"},
-        "indicators": indicators,
-    }
-
-
 # ---- cache ----------------------------------------------------------------------------------------------
-def cache_root(cache_dir=None) -> Path:
-    """`cache_dir`, else $PLANNER_CACHE, else ./.planner-cache."""
-    return Path(cache_dir or os.environ.get("PLANNER_CACHE") or ".planner-cache")
+def profiles_dir(root=None) -> Path:
+    """`<root>/profiles`, by default under the cache root (ground.cache)."""
+    return Path(root) / "profiles" if root is not None else cache_dir("profiles")
 
 
 def cached_profile(pipe, request=None, sampler=None, steps: int | None = None, *, batch: int | None = None,
@@ -392,13 +245,13 @@ def cached_profile(pipe, request=None, sampler=None, steps: int | None = None, *
                    refresh: bool = False, model: str | None = None, **kwargs) -> Profile:
     """A stored profile with the same key (and at least as many samples), else a fresh one, stored.
 
-    Files live at <cache_root>/profiles/<key hash>.json.
+    Files live at <cache_dir, else the cache root>/profiles/<key hash>.json.
     """
     n = len(request) if request is not None else samples
     batch = min(batch or min(DEFAULT_BATCH, n), n)
     key = profile_key(pipe, sampler, steps, batch, guidance_scale, model, kwargs)
     lookup = {k: v for k, v in key.items() if k != "model"}
-    path = cache_root(cache_dir) / "profiles" / f"{key_hash(key)}.json"
+    path = profiles_dir(cache_dir) / f"{key_hash(key)}.json"
     if path.exists() and not refresh:
         try:
             stored = Profile.load(path)

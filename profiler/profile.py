@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 SCHEMA_NAME = "planner.profile"
 SCHEMA_VERSION = 1
@@ -171,7 +171,7 @@ class Profile:
         return json.dumps(_nan_to_none(self.data), indent=1, allow_nan=False)
 
     def save(self, path) -> Path:
-        from planner.atomic import write_text_atomic
+        from ground.files import write_text_atomic
 
         return write_text_atomic(path, self.to_json())
 

@@ -19,6 +19,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from ground.anatomy import anatomy_of
+from ground.steps import release_steps, track_steps
 from profiler.blocks import BlockSpec, primary_input, primary_output, tensors_in
 
 EPS = 1e-12
@@ -96,15 +98,13 @@ class Recorder:
         self.stats: dict = defaultdict(dict)  # (call, step) -> {metric: value or array}
         self.timesteps: list[float] = []
         self.cfg_calls: list[bool] = []
+        self.step_calls: list[int] = []       # denoiser calls in each step (2 per step: CFG run as two calls)
         self.denoiser_args = None             # (args, kwargs) clone of the first call, for FLOP replay
         self.indicator_source = ""
 
     # ---- attach / detach -------------------------------------------------------------------------
     def attach(self) -> None:
-        from backends.steps import track_steps
-
         self._tracker = track_steps(self.pipe)
-        _expose_signatures(self.pipe.scheduler)
         self._untrack.append(self._tracker.on_reset(self._on_reset))
         self._untrack.append(self._tracker.on_step_end(self._on_step_end))
         for i, spec in enumerate(self.specs):
@@ -119,8 +119,6 @@ class Recorder:
             lambda m, args, kwargs, out, i=i: self._post(i, args, kwargs, out), with_kwargs=True))
 
     def detach(self) -> None:
-        from backends.steps import release_steps
-
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -134,56 +132,11 @@ class Recorder:
 
     # ---- indicator (TeaCache's timestep-modulated input) -------------------------------------------
     def _attach_indicator(self) -> None:
-        """Hook the module whose output is the timestep-modulated input of the first block."""
-        d = self.denoiser
-        blocks = getattr(d, "transformer_blocks", None)
-        if isinstance(blocks, torch.nn.ModuleList) and len(blocks) and hasattr(blocks[0], "norm1"):
-            block = blocks[0]
-            if getattr(block, "norm_type", None) == "ada_norm_single":
-                # PixArt: norm1 is a plain LayerNorm; the block modulates with scale_shift_table + timestep
-                self.indicator_source = "transformer_blocks.0: norm1(x) * (1 + scale_msa) + shift_msa"
-                saved = {}
-
-                def block_pre(m, args, kwargs):
-                    if self._capture:
-                        saved["timestep"] = kwargs.get("timestep")
-
-                def norm_post(m, args, out):
-                    if not self._capture or saved.get("timestep") is None:
-                        return
-                    t0 = time.perf_counter()
-                    b = out.shape[0]
-                    shift, scale = (block.scale_shift_table[None] + saved["timestep"].reshape(b, 6, -1)).chunk(6, 1)[:2]
-                    self._cur["indicator"] = (out * (1 + scale) + shift).detach().float()
-                    self.overhead += time.perf_counter() - t0
-
-                self._handles.append(block.register_forward_pre_hook(block_pre, with_kwargs=True))
-                self._handles.append(block.norm1.register_forward_hook(norm_post))
-            else:
-                self.indicator_source = "transformer_blocks.0.norm1 output[0] (adaLN-modulated input)"
-                self._handles.append(block.norm1.register_forward_hook(
-                    lambda m, args, out: self._capture_indicator(out[0] if isinstance(out, tuple) else out)))
-            return
-        down = getattr(d, "down_blocks", None)
-        if isinstance(down, torch.nn.ModuleList) and len(down):
-            resnets = getattr(down[0], "resnets", None)
-            if resnets is not None and len(resnets) and hasattr(resnets[0], "norm2") and \
-                    getattr(resnets[0], "time_emb_proj", None) is not None:
-                self.indicator_source = ("down_blocks.0.resnets.0.norm2 input "
-                                         "(conv1(x) + time_emb_proj(temb): the time-modulated input)")
-                self._handles.append(resnets[0].norm2.register_forward_pre_hook(
-                    lambda m, args: self._capture_indicator(args[0])))
-                return
-        for name in ("time_embedding", "time_text_embed", "adaln_single"):
-            module = getattr(d, name, None)
-            if isinstance(module, torch.nn.Module):
-                self.indicator_source = f"{name} output (the time embedding)"
-                self._handles.append(module.register_forward_hook(
-                    lambda m, args, out: self._capture_indicator(tensors_in(out)[0] if tensors_in(out) else None)))
-                return
-        self.indicator_source = "denoiser input (no time-modulated input found)"
-        self._handles.append(d.register_forward_pre_hook(
-            lambda m, args, kwargs: self._capture_indicator(primary_input(args, kwargs)), with_kwargs=True))
+        """Watch the first block's timestep-modulated input, as the pipeline's anatomy defines it (the
+        same definition TeaCache uses, so the polynomial fitted here is valid for it)."""
+        self.indicator_source, undo = anatomy_of(self.pipe).watch_modulated_input(self._capture_indicator,
+                                                                                  "planner.profiler")
+        self._untrack.append(undo)
 
     def _capture_indicator(self, tensor) -> None:
         if not self._capture or not isinstance(tensor, torch.Tensor):
@@ -271,6 +224,7 @@ class Recorder:
         if self._cur:
             self._analyse_step(step)
         self._prev, self._cur = self._cur, {}
+        self.step_calls.append(self._calls_in_step)
         self._calls_in_step = 0
         self._capture = False
         done = time.perf_counter()
@@ -336,16 +290,3 @@ def _clone_tree(obj):
     if isinstance(obj, dict):
         return {k: _clone_tree(v) for k, v in obj.items()}
     return obj
-
-
-def _expose_signatures(scheduler) -> None:
-    """Let `inspect.signature` see through the step tracker's `(*args, **kwargs)` wrappers: FluxPipeline
-    and others inspect `scheduler.set_timesteps` for `sigmas`/`timesteps` (diffusers' retrieve_timesteps)."""
-    for name in ("set_timesteps", "step"):
-        wrapper = scheduler.__dict__.get(name)
-        original = getattr(type(scheduler), name, None)
-        if wrapper is not None and original is not None and not hasattr(wrapper, "__wrapped__"):
-            try:
-                wrapper.__wrapped__ = original.__get__(scheduler)
-            except (AttributeError, TypeError):
-                pass

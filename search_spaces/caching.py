@@ -17,9 +17,9 @@ import numpy as np
 
 from backends.caching import (BlockScheduleConfig, CFGReuseConfig, DeepCacheConfig, FirstBlockCacheConfig,
                               TaylorSeerConfig, TeaCacheConfig)
-from backends.caching.common import residual_blocks
 from backends.technique import why_not_applicable
-from planner.models import denoiser_of
+from ground.anatomy import anatomy_of, denoiser_of
+from ground.errors import PlannerError
 from search_spaces.schedule_solver import delta_range, full_steps_from_change, solve_schedule
 
 # ----------------------------------------------------------------------------------- calibration (numpy)
@@ -74,12 +74,8 @@ class CacheProfile:
         def get(fn, *args):
             try:
                 return fn(*args)
-            except (KeyError, ValueError, TypeError, AttributeError, LookupError):
-                return None
-            except Exception as exc:  # noqa: BLE001 - a profile without a fit raises PlannerError
-                if type(exc).__name__ == "PlannerError":
-                    return None
-                raise
+            except (KeyError, ValueError, TypeError, AttributeError, LookupError, PlannerError):
+                return None   # a profile without that measurement (a fit needs enough steps and samples)
 
         latency = get(lambda: profile.latency)
         block_ms = None if latency is None else np.nanmean(np.asarray(latency, dtype=np.float64), axis=1)
@@ -111,7 +107,7 @@ def _applies(pipe, cls) -> bool:
 def schedule_from_profile(profile, pipe, delta: float, max_consecutive: int | None = None) -> BlockScheduleConfig:
     """Solve the block x step reuse schedule of `pipe`'s residual blocks from a profile at budget `delta`."""
     cp = CacheProfile.from_profile(profile)
-    names = [n for n, _ in residual_blocks(denoiser_of(pipe))]
+    names = [n for n, _ in anatomy_of(pipe).residual_blocks()]
     names = [n for n in names if n in set(cp.block_names)]
     if not names or cp.residual_change is None or cp.block_ms is None:
         return BlockScheduleConfig(reuse={}, num_steps=cp.steps)
@@ -150,7 +146,7 @@ def suggest_block_schedule(trial, profile, pipe) -> BlockScheduleConfig | None:
     if profile is None or not _applies(pipe, BlockScheduleConfig):
         return None   # the schedule is solved from a profile
     cp = CacheProfile.from_profile(profile)
-    names = [n for n, _ in residual_blocks(denoiser_of(pipe)) if n in set(cp.block_names)]
+    names = [n for n, _ in anatomy_of(pipe).residual_blocks() if n in set(cp.block_names)]
     if not names or cp.residual_change is None:
         return None
     lo, hi = delta_range(cp.residual_change[cp.rows(names)])

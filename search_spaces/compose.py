@@ -1,44 +1,35 @@
 """One trial -> the ordered list of technique configs it proposes.
 
 Families are asked in the order that matters (ANCHORS: steps and sampler first, since cache schedules
-are indexed by step; then precision; then tokens; then the cache, calibrated on the profile taken at
-the trial's own sampler and steps; compilation last). A family that cannot apply to the pipeline, or
-is not installed, contributes nothing: the search space simply leaves it out.
+are indexed by step; then the compilation backend, which decides what may go inside the graph; then
+precision, tokens, and the cache, calibrated on the profile taken at the trial's own sampler and steps).
+The order of *application* is the techniques' stages (backends.technique), not this one. A family that
+cannot act on the pipeline contributes nothing: the search space simply leaves it out.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Mapping, Sequence
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
+from search_spaces.caching import suggest_cache
+from search_spaces.compile import EXPORTERS, suggest_compile
+from search_spaces.quantization import suggest_quantization
+from search_spaces.sampler import suggest_sampler
+from search_spaces.tokens import suggest_tokens
 
-FAMILIES = {
-    # name: (module, function)
-    "sampler": ("search_spaces.sampler", "suggest_sampler"),
-    "quant": ("search_spaces.quantization", "suggest_quantization"),
-    "tokens": ("search_spaces.tokens", "suggest_tokens"),
-    "cache": ("search_spaces.caching", "suggest_cache"),
-    "compile": ("search_spaces.compile", "suggest_compile"),
-}
+FAMILIES = ("sampler", "compile", "quant", "tokens", "cache")
 DEFAULT_FAMILIES = ("sampler", "quant", "tokens", "cache")  # compile: opt in (minutes of warm-up per trial on CPU)
 
 
 def available_families() -> list[str]:
-    out = []
-    for name, (module, fn) in FAMILIES.items():
-        try:
-            getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError):
-            continue
-        out.append(name)
-    return out
+    return list(FAMILIES)
 
 
 class RestrictedTrial:
     """An Optuna trial whose parameters named in `space` may only take the listed values.
 
     `space` maps a parameter name (as the families suggest it: "sampler", "steps", "deepcache.interval",
-    `quantization.mode_param(pipe)`, ...) to its allowed values; each such parameter becomes a
+    "quant.mode", ...) to its allowed values; each such parameter becomes a
     categorical over them, the rest keep their full range. A benchmark or a user can thus search a
     reduced space (or enumerate it exhaustively) without any family knowing about it.
     """
@@ -79,27 +70,23 @@ def within_space(params: Mapping, space: Mapping[str, Sequence] | None) -> bool:
 
 
 def suggest_configs(trial, pipe, families: list[str], profile_for: Callable[[object], object] | None,
-                    space: Mapping[str, Sequence] | None = None) -> list:
+                    space: Mapping[str, Sequence] | None = None, amortize_calls: int = 100) -> list:
     """`profile_for(sampler_config)` returns the profile at that sampler (or None): called lazily.
     `space` restricts parameters to listed values (see `RestrictedTrial`)."""
     if space:
         trial = RestrictedTrial(trial, space)
-    configs = []
-    sampler_config = None
-    for name in FAMILIES:
-        if name not in families:
-            continue
-        module, fn = FAMILIES[name]
-        try:
-            suggest = getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError):
-            continue
-        if name == "sampler":
-            sampler_config = suggest(trial, None, pipe)
-            configs.append(sampler_config)
-            continue
-        profile = profile_for(sampler_config) if (name == "cache" and profile_for is not None) else None
-        config = suggest(trial, profile, pipe)
-        if config is not None:
-            configs.append(config)
-    return configs
+    configs = [suggest_sampler(trial, None, pipe)] if "sampler" in families else []
+    compiled = suggest_compile(trial, None, pipe, amortize_calls) if "compile" in families else None
+    backend = compiled.backend if compiled is not None else "eager"
+    if backend not in EXPORTERS:          # an exported graph takes nothing of these inside it
+        if "quant" in families:
+            configs.append(suggest_quantization(trial, None, pipe, whole_graph=backend == "torch_whole"))
+        if backend != "torch_whole":      # their hooks would be traced into a whole-model graph
+            if "tokens" in families:
+                configs.append(suggest_tokens(trial, None, pipe))
+            if "cache" in families:
+                sampler = configs[0] if configs and configs[0] is not None and configs[0].type == "sampler" else None
+                profile = profile_for(sampler) if profile_for is not None else None
+                configs.append(suggest_cache(trial, profile, pipe))
+    configs.append(compiled)
+    return [c for c in configs if c is not None]

@@ -2,12 +2,14 @@
 
 Left out on their own: fp16 on CPU (no fast kernels: slower than fp32), fp8 without a CUDA GPU of
 compute capability >= 8.9, torchao modes without torchao; see `backends.quantization.mode_unsupported`.
+Parameter names are fixed (`quant.mode`, `quant.exclude`): a study reads the same on every machine. The
+choices of `quant.mode` are this device's modes; workers of one study share their device kind and name,
+and their supported modes (checked when they join).
 """
 from __future__ import annotations
 
-import torch
-
 from backends.quantization import QuantizeConfig, supported_modes
+from ground.anatomy import anatomy_of
 
 EXCLUDE_PRESETS = {
     "none": (),
@@ -16,32 +18,21 @@ EXCLUDE_PRESETS = {
     "ends_io": ("first_block", "last_block", "io"),
     "attention": ("attention",),
 }
-
-
-def _device(pipe) -> torch.device:
-    from planner.models import denoiser_of
-
-    for p in denoiser_of(pipe).parameters():
-        return p.device
-    return torch.device("cpu")
+MODE_PARAM, EXCLUDE_PARAM = "quant.mode", "quant.exclude"
 
 
 def available_modes(pipe) -> list[str]:
     """The precision modes other than fp32 that this pipeline's device supports."""
-    return [m for m in supported_modes(_device(pipe)) if m != "fp32"]
+    return [m for m in supported_modes(anatomy_of(pipe).device) if m != "fp32"]
 
 
-def mode_param(pipe) -> str:
-    """The Optuna parameter name of the mode: one per device and set of modes (a fixed distribution per name)."""
-    return f"quant_mode_{_device(pipe).type}_" + "_".join(available_modes(pipe))
-
-
-def suggest_quantization(trial, profile, pipe) -> QuantizeConfig | None:
+def suggest_quantization(trial, profile, pipe, *, whole_graph: bool = False) -> QuantizeConfig | None:
+    """`whole_graph`: the trial compiles the whole denoiser, which excluded groups would break up."""
     modes = available_modes(pipe)
     if not modes:
         return None
-    mode = trial.suggest_categorical(mode_param(pipe), ["none", *modes])
+    mode = trial.suggest_categorical(MODE_PARAM, ["none", *modes])
     if mode == "none":
         return None
-    preset = trial.suggest_categorical("quant_exclude", list(EXCLUDE_PRESETS))
+    preset = "none" if whole_graph else trial.suggest_categorical(EXCLUDE_PARAM, list(EXCLUDE_PRESETS))
     return QuantizeConfig(mode=mode, exclude=EXCLUDE_PRESETS[preset])

@@ -21,7 +21,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def digits_unet():
     from helpers import needs_weights  # noqa: F401
-    from planner.models import WEIGHTS_DIR, load_pipeline
+    from planner.demo import WEIGHTS_DIR
+    from planner.models import load_pipeline
 
     if not (WEIGHTS_DIR / "digits-unet" / "model_index.json").exists():
         pytest.skip("digits-unet weights not trained yet")
@@ -30,7 +31,8 @@ def digits_unet():
 
 @pytest.fixture(scope="session")
 def digits_dit():
-    from planner.models import WEIGHTS_DIR, load_pipeline
+    from planner.demo import WEIGHTS_DIR
+    from planner.models import load_pipeline
 
     if not (WEIGHTS_DIR / "digits-dit" / "model_index.json").exists():
         pytest.skip("digits-dit weights not trained yet")

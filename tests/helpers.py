@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planner.models import WEIGHTS_DIR
+from planner.demo import WEIGHTS_DIR
 
 
 def needs_weights(name: str):
@@ -13,7 +13,7 @@ def needs_weights(name: str):
 
 
 def seeds_request(pipe, n: int, seed: int = 0):
-    from planner.generation import default_request
+    from ground.generation import default_request
 
     return default_request(pipe, n, seed)
 
@@ -25,8 +25,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def make_plan(pipe, model_name: str, techniques=(), budget: str = "fid+2", batch: int = 4):
     """A valid plan for `pipe` with the given technique configs (no search; for tests)."""
-    from planner.environment import current_environment
-    from planner.models import denoiser_of, fingerprint
+    from ground.environment import current_environment
+    from ground.anatomy import denoiser_of
+    from ground.identity import fingerprint
     from planner.plan import Environment, ModelRef, Plan, Provenance, Shapes, TechniqueEntry
 
     steps = next((c.steps for c in techniques if c.type == "sampler"), 50)

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from backends.caching.common import BlockReuseRuntime, needs_denoiser, residual_blocks
 from backends.technique import STAGE_CACHE, ConfigError, Handle, TechniqueConfig, register
-from planner.models import denoiser_of
+from ground.anatomy import denoiser_of
 
 
 class BlockScheduleConfig(TechniqueConfig):
@@ -66,14 +66,16 @@ def _applicable(pipe) -> str | None:
     reason = needs_denoiser(pipe)
     if reason:
         return reason
-    if not residual_blocks(denoiser_of(pipe)):
+    if not residual_blocks(pipe):
         return f"{type(denoiser_of(pipe)).__name__} has no blocks whose output keeps the input's shape"
     return None
 
 
 class _BlockSchedule(BlockReuseRuntime):
+    hook_name = "planner.block_schedule"
+
     def __init__(self, pipe, config: BlockScheduleConfig) -> None:
-        available = dict(residual_blocks(denoiser_of(pipe)))
+        available = dict(residual_blocks(pipe))
         unknown = [n for n in config.reuse if n not in available]
         if unknown:
             raise ConfigError(f"params.reuse.{unknown[0]}: not a residual block of "

@@ -1,7 +1,9 @@
 """CFG reuse (the FasterCache idea, in its simple sound form) for batched classifier-free guidance.
 
-A batched-CFG pipeline calls the denoiser once per step on [cond; uncond] (demo pipelines, DiTPipeline)
-or [uncond; cond] (the Stable Diffusion family). On full steps the whole batch runs and the guidance delta
+A batched-CFG pipeline calls the denoiser once per step on [cond; uncond] (DiTPipeline, the demo pipelines)
+or [uncond; cond] (the Stable Diffusion family, PixArt, SD3): the pipeline's anatomy says which, and how to
+tell a guided call (`ground.anatomy.CFGLayout`). Pipelines that call the denoiser once per branch (Wan,
+FLUX's true CFG) have no batched layout: this technique does not apply to them. On full steps the whole batch runs and the guidance delta
 eps_cond - eps_uncond is kept. On reuse steps only the conditional half runs (every batch-sized argument
 is sliced to it) and the unconditional half is rebuilt as eps_cond - delta. Full steps: the first
 `warmup` steps, every `interval`-th step, and the last step, so at most `interval - 1` consecutive steps
@@ -14,6 +16,7 @@ from pydantic import Field
 
 from backends.caching.common import CacheRuntime, needs_denoiser
 from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
+from ground.anatomy import anatomy_of
 
 
 class CFGReuseConfig(TechniqueConfig):
@@ -25,37 +28,14 @@ class CFGReuseConfig(TechniqueConfig):
     warmup: int = Field(2, ge=1, le=100)
 
 
-def _cfg_layout(pipe) -> tuple[int, str] | None:
-    """(index of the conditional half, how to tell CFG is on) or None if not a batched-CFG pipeline."""
-    from planner.demo.pipeline import _DigitsPipeline
-
-    if isinstance(pipe, _DigitsPipeline):
-        return 0, "labels"
-    if type(pipe).__name__ == "DiTPipeline":
-        return 0, "labels"
-    # the Stable Diffusion family exposes whether the running call batches [uncond; cond] as a property
-    if isinstance(getattr(type(pipe), "do_classifier_free_guidance", None), property):
-        return 1, "property"
-    return None
-
-
 def _applicable(pipe) -> str | None:
     reason = needs_denoiser(pipe)
     if reason:
         return reason
-    if _cfg_layout(pipe) is None:
-        return (f"{type(pipe).__name__} does not batch classifier-free guidance in one denoiser call "
-                "in a way this cache can detect per call")
+    if anatomy_of(pipe).cfg_layout is None:
+        return (f"{type(pipe).__name__} is not known to batch classifier-free guidance into one denoiser "
+                "call (its adapter declares no CFG layout)")
     return None
-
-
-def _null_label(pipe) -> int:
-    from planner.demo.data import NULL_CLASS
-    from planner.demo.pipeline import _DigitsPipeline
-
-    if isinstance(pipe, _DigitsPipeline):
-        return NULL_CLASS
-    return 1000   # DiTPipeline's hard-coded null class
 
 
 def _half(value, batch: int, index: int):
@@ -83,28 +63,16 @@ def _like(template_out, tensor):
 
 
 class _CFGReuse(CacheRuntime):
+    hook_name = "planner.cfg_reuse"
+
     def __init__(self, pipe, config: CFGReuseConfig) -> None:
         super().__init__(pipe)
         self.config = config
-        self.cond_index, self.detect = _cfg_layout(pipe)
-        self.null = _null_label(pipe) if self.detect == "labels" else None
+        self.cond_index = self.anatomy.cfg_layout.cond_index
         self.delta: dict[int, torch.Tensor] = {}
 
     def reset(self) -> None:
         self.delta.clear()
-
-    def _cfg_on(self, args, kwargs, batch2: int) -> bool:
-        if batch2 % 2:
-            return False
-        if self.detect == "property":
-            return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
-        labels = kwargs.get("class_labels")
-        if not torch.is_tensor(labels) or labels.shape[0] != batch2:
-            return False
-        b = batch2 // 2
-        uncond = labels[(1 - self.cond_index) * b:(2 - self.cond_index) * b]
-        cond = labels[self.cond_index * b:(self.cond_index + 1) * b]
-        return bool((uncond == self.null).all()) and not bool((cond == self.null).any())
 
     def _full(self, step: int) -> bool:
         c = self.config
@@ -112,7 +80,7 @@ class _CFGReuse(CacheRuntime):
 
     def run_denoiser(self, call, args, kwargs):
         sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-        if not torch.is_tensor(sample) or not self._cfg_on(args, kwargs, sample.shape[0]):
+        if not torch.is_tensor(sample) or not self.anatomy.cfg_active(sample, kwargs):
             return call(*args, **kwargs)
         b = sample.shape[0] // 2
         delta = self.delta.get(self.slot)

@@ -1,17 +1,19 @@
 """What every cache shares: call interception outside compiled regions, per-call state, residual reuse.
 
-Interception. A module is intercepted by swapping its class for a one-off subclass whose `__call__` runs
-the cache's decision and then (when it computes) `super().__call__`, i.e. `nn.Module`'s own call path,
-which is where an in-place `module.compile()` (regional compilation, as diffusers' `compile_repeated_blocks`
-does) puts the compiled code. So every decision (step index, thresholds, rel-L1 tests) runs in plain
-Python outside any compiled region, whichever order compilation and caching are applied in; a skipped
-module never enters its `__call__`, so its forward hooks do not fire (tests count block evaluations that
-way). `undo()` puts the original class back: parameters, buffers, `state_dict` keys and hooks never change.
+Interception. Every cache attaches named call hooks (`ground.hooks.add_call_hook`, named
+"planner.<technique>") to the denoiser and the modules it may skip. A call hook runs around
+`nn.Module.__call__`, which is where an in-place `module.compile()` (regional compilation, as diffusers'
+`compile_repeated_blocks` does) puts the compiled code: every decision (step index, thresholds, rel-L1
+tests) runs in plain Python outside any compiled region, whichever order compilation and caching are
+applied in. A skipped module never enters its `__call__`, so its forward hooks do not fire (tests count
+block evaluations that way). Removing the hooks leaves parameters, buffers, `state_dict` keys and the
+module's class exactly as they were, in any order of removal.
 
 State. A `CacheRuntime` holds the pipeline's shared `StepTracker`; all cached tensors are dropped on
-`scheduler.set_timesteps` (the start of every pipeline call, whatever its batch size or step count). Within
-a step the denoiser may be called several times (unbatched CFG); each call of a step gets its own cache
-`slot`, so the second call of a step never reuses the first call's features.
+`scheduler.set_timesteps` (the start of every schedule, whatever its batch size or step count) and when a
+pipeline call ends, normally or by an exception (nothing leaks into the next request). Within a step the
+denoiser may be called several times (unbatched CFG); each call of a step gets its own cache `slot`, so
+the second call of a step never reuses the first call's features.
 
 Residuals. A block whose outputs have the shapes of its inputs (a transformer block, a same-channel UNet
 resnet or attention) is skipped by adding a cached residual (output - input) to its current input. Blocks
@@ -23,31 +25,12 @@ from typing import Any, Callable
 
 import torch
 
-from backends.steps import release_steps, track_steps
-from planner.errors import PlannerError
-from planner.models import denoiser_of
+from ground.anatomy import anatomy_of
+from ground.errors import PlannerError
+from ground.hooks import add_call_hook
+from ground.steps import release_steps, track_steps
 
 Interceptor = Callable[..., Any]   # fn(call, *args, **kwargs) where call(*args, **kwargs) runs the module
-
-
-def intercept(module: torch.nn.Module, fn: Interceptor) -> Callable[[], None]:
-    """Route calls of `module` through `fn(call, *args, **kwargs)`; the returned undo restores the class."""
-    base = type(module)
-
-    def __call__(self, *args, **kwargs):
-        return fn(lambda *a, **k: base.__call__(self, *a, **k), *args, **kwargs)
-
-    subclass = type(base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__,
-                                              "__qualname__": base.__qualname__, "_planner_intercepted": True})
-    object.__setattr__(module, "__class__", subclass)
-
-    def undo() -> None:
-        if type(module) is subclass:
-            object.__setattr__(module, "__class__", base)
-        else:  # removed out of order: a later interception still wraps ours; keep the chain working
-            raise PlannerError(f"cache interception of {base.__name__} removed out of order; "
-                               "remove handles in reverse order of application")
-    return undo
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -57,53 +40,19 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------- blocks
+# One enumeration of blocks for everything: the pipeline's anatomy (ground.anatomy).
 
-def is_unet(denoiser: torch.nn.Module) -> bool:
-    return hasattr(denoiser, "down_blocks") and hasattr(denoiser, "up_blocks")
+def is_unet(pipe) -> bool:
+    return anatomy_of(pipe).is_unet
 
 
-def transformer_blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def transformer_blocks(pipe) -> list[tuple[str, torch.nn.Module]]:
     """The chain of transformer blocks in execution order (double-stream before single-stream)."""
-    blocks = []
-    for list_name in ("transformer_blocks", "single_transformer_blocks"):
-        modules = getattr(denoiser, list_name, None)
-        if isinstance(modules, torch.nn.ModuleList):
-            blocks += [(f"{list_name}.{i}", m) for i, m in enumerate(modules)]
-    return blocks
+    return [(b.name, b.module) for b in anatomy_of(pipe).transformer_blocks()]
 
 
-def _same_shape_resnet(module: torch.nn.Module) -> bool:
-    return (type(module).__name__ == "ResnetBlock2D" and getattr(module, "conv_shortcut", None) is None
-            and not getattr(module, "up", False) and not getattr(module, "down", False)
-            and getattr(module, "in_channels", None) == getattr(module, "out_channels", None))
-
-
-def residual_blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Blocks whose output has the shape of their input, by qualified name.
-
-    Transformers: their transformer blocks. UNets: every attention sub-block (self-attention with a
-    residual connection, or a Transformer2DModel) and every resnet that keeps channels and resolution.
-    """
-    blocks = transformer_blocks(denoiser)
-    if blocks:
-        return blocks
-    if not is_unet(denoiser):
-        return []
-    out = []
-    for name, module in denoiser.named_modules():
-        parts = name.split(".")
-        if len(parts) < 2 or parts[0] not in ("down_blocks", "mid_block", "up_blocks"):
-            continue
-        if parts[-2] == "attentions" and parts[-1].isdigit():
-            out.append((name, module))
-        elif parts[-2] == "resnets" and parts[-1].isdigit() and _same_shape_resnet(module):
-            out.append((name, module))
-    return out
-
-
-def unet_residual_is_sound(module: torch.nn.Module) -> bool:
-    # UNet2DModel's attention blocks may be built without a residual connection; then skip them
-    return getattr(module, "residual_connection", True) is not False
+def residual_blocks(pipe) -> list[tuple[str, torch.nn.Module]]:
+    return anatomy_of(pipe).residual_blocks()
 
 
 # ------------------------------------------------------------------------------------------ residuals
@@ -189,12 +138,16 @@ class ResidualCodec:
 class CacheRuntime:
     """Per-application state of one cache technique: tracker, interceptions, slots, counters."""
 
+    hook_name = "planner.cache"   # subclasses: "planner.<technique type>"
+
     def __init__(self, pipe) -> None:
         self.pipe = pipe
-        self.denoiser = denoiser_of(pipe)
+        self.anatomy = anatomy_of(pipe)
+        self.denoiser = self.anatomy.denoiser
         self.tracker = track_steps(pipe)
         self._undo: list[Callable[[], None]] = []
         self._undo.append(self.tracker.on_reset(self._reset))
+        self._undo.append(self.tracker.on_call_end(self._reset))
         self.slot = 0
         self._last_step = -1
         self.stats = {"computed": 0, "reused": 0}
@@ -213,7 +166,7 @@ class CacheRuntime:
         return self.tracker.step
 
     def intercept(self, module, fn: Interceptor) -> None:
-        self._undo.append(intercept(module, fn))
+        self._undo.append(add_call_hook(module, self.hook_name, fn))
 
     def _reset(self) -> None:
         self.slot, self._last_step = 0, -1
@@ -246,7 +199,7 @@ def slot_dict(store: dict, slot: int) -> dict:
 
 def needs_denoiser(pipe) -> str | None:
     try:
-        denoiser_of(pipe)
+        anatomy_of(pipe).denoiser
     except PlannerError as exc:
         return str(exc)
     if getattr(pipe, "scheduler", None) is None:
@@ -258,8 +211,8 @@ def needs_transformer_blocks(pipe) -> str | None:
     reason = needs_denoiser(pipe)
     if reason:
         return reason
-    if not transformer_blocks(denoiser_of(pipe)):
-        return (f"{type(denoiser_of(pipe)).__name__} has no transformer_blocks chain "
+    if not transformer_blocks(pipe):
+        return (f"{type(anatomy_of(pipe).denoiser).__name__} has no chain of transformer blocks "
                 "(this cache skips transformer blocks; for UNets use deepcache or block_schedule)")
     return None
 
@@ -355,32 +308,18 @@ class FirstBlockDecidesRuntime(BlockReuseRuntime):
         self.skip_rest = skip
 
 
-def work_units(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The units whose evaluations measure a denoiser's work: transformer blocks, or a UNet's resnets,
-    attentions and resamplers (so skipping a whole UNet block and skipping one sub-block both count)."""
-    blocks = transformer_blocks(denoiser)
-    if blocks:
-        return blocks
-    units = []
-    for name, module in denoiser.named_modules():
-        parts = name.split(".")
-        if (len(parts) >= 3 and parts[0] in ("down_blocks", "mid_block", "up_blocks")
-                and parts[-2] in ("resnets", "attentions", "downsamplers", "upsamplers") and parts[-1].isdigit()):
-            units.append((name, module))
-    return units
-
-
 class WorkCounter:
     """Counts evaluations of a denoiser's work units with forward pre-hooks (and the sample rows they
     process, so a half-batch CFG-reuse call counts half). Use as a context manager."""
 
     def __init__(self, pipe) -> None:
-        self.denoiser = denoiser_of(pipe)
+        anatomy = anatomy_of(pipe)
+        self.denoiser = anatomy.denoiser
         self.calls = 0
         self.rows = 0
         self.denoiser_rows = 0
         self._handles = []
-        for _, module in work_units(self.denoiser):
+        for _, module in anatomy.work_units():
             self._handles.append(module.register_forward_pre_hook(self._unit, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_pre_hook(self._top, with_kwargs=True))
 

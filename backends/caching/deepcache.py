@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from backends.caching.common import CacheRuntime, is_unet, needs_denoiser
 from backends.technique import STAGE_CACHE, ConfigError, Handle, TechniqueConfig, register
-from planner.models import denoiser_of
+from ground.anatomy import denoiser_of
 
 
 class DeepCacheConfig(TechniqueConfig):
@@ -43,12 +43,14 @@ def _applicable(pipe) -> str | None:
     if reason:
         return reason
     denoiser = denoiser_of(pipe)
-    if not is_unet(denoiser):
+    if not is_unet(pipe):
         return f"{type(denoiser).__name__} is not a UNet: DeepCache needs down/up blocks with skip branches"
     return None
 
 
 class _DeepCache(CacheRuntime):
+    hook_name = "planner.deepcache"
+
     def __init__(self, pipe, config: DeepCacheConfig) -> None:
         self.cache: dict[int, dict[int, object]] = {}   # slot -> {deep module index: output}
         self.reusing = False

@@ -11,7 +11,6 @@ from pydantic import Field
 
 from backends.caching.common import FirstBlockDecidesRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
 from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
-from planner.models import denoiser_of
 
 
 class FirstBlockCacheConfig(TechniqueConfig):
@@ -24,8 +23,10 @@ class FirstBlockCacheConfig(TechniqueConfig):
 
 
 class _FirstBlockCache(FirstBlockDecidesRuntime):
+    hook_name = "planner.first_block_cache"
+
     def __init__(self, pipe, config: FirstBlockCacheConfig) -> None:
-        super().__init__(pipe, transformer_blocks(denoiser_of(pipe)))
+        super().__init__(pipe, transformer_blocks(pipe))
         self.config = config   # state: slot -> {"ref": first residual at last full step, "skips": n}
 
     def after_compute(self, k: int, inputs: dict, residual) -> None:

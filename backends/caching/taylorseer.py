@@ -19,7 +19,7 @@ from pydantic import Field
 from backends.caching.common import (BlockReuseRuntime, CacheRuntime, is_unet, needs_denoiser,
                                      transformer_blocks)
 from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
-from planner.models import denoiser_of
+from ground.anatomy import denoiser_of
 
 
 class TaylorSeerConfig(TechniqueConfig):
@@ -37,7 +37,7 @@ def _applicable(pipe) -> str | None:
     if reason:
         return reason
     denoiser = denoiser_of(pipe)
-    if not transformer_blocks(denoiser) and not is_unet(denoiser):
+    if not transformer_blocks(pipe) and not is_unet(pipe):
         return f"{type(denoiser).__name__} has neither transformer blocks nor a UNet structure"
     return None
 
@@ -56,10 +56,11 @@ def _is_full(config: TaylorSeerConfig, step: int) -> bool:
 
 
 class _BlockTaylorSeer(BlockReuseRuntime):
+    hook_name = "planner.taylorseer"
     keep = 2
 
     def __init__(self, pipe, config: TaylorSeerConfig) -> None:
-        super().__init__(pipe, transformer_blocks(denoiser_of(pipe)))
+        super().__init__(pipe, transformer_blocks(pipe))
         self.config = config
 
     def on_denoiser_call(self, args, kwargs) -> None:
@@ -92,6 +93,8 @@ def _like(template, tensor: torch.Tensor):
 class _OutputTaylorSeer(CacheRuntime):
     """UNets: forecast the denoiser output itself on non-full steps (the whole UNet is skipped)."""
 
+    hook_name = "planner.taylorseer"
+
     def __init__(self, pipe, config: TaylorSeerConfig) -> None:
         super().__init__(pipe)
         self.config = config
@@ -122,7 +125,7 @@ class _OutputTaylorSeer(CacheRuntime):
 
 @register(TaylorSeerConfig, applicable=_applicable)
 def apply_taylorseer(pipe, config: TaylorSeerConfig) -> Handle:
-    if transformer_blocks(denoiser_of(pipe)):
+    if transformer_blocks(pipe):
         runtime: CacheRuntime = _BlockTaylorSeer(pipe, config)
     else:
         runtime = _OutputTaylorSeer(pipe, config)

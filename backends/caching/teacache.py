@@ -1,8 +1,9 @@
 """TeaCache (Liu et al. 2024) for transformer denoisers, calibrated from the profile.
 
-Indicator: the rel-L1 change, from the previous step, of the first block's timestep-modulated input (the
-output of its `norm1`, which is AdaLayerNormZero in DiT, SD3 and Flux; where `norm1` is not modulated, or
-absent, the first block's input). It is rescaled by the polynomial the profiler fitted from this
+Indicator: the rel-L1 change, from the previous step, of the first block's timestep-modulated input, as
+the pipeline's anatomy defines it (`watch_modulated_input`: the output of `norm1`, which is AdaLayerNormZero
+in DiT, SD3 and Flux; PixArt's modulation computed from its `scale_shift_table`): the very quantity the
+profiler fits its polynomial on, from one definition. It is rescaled by the polynomial the profiler fitted from this
 indicator to the change of the model output (`coefficients`, highest degree first, `numpy.polyval`
 convention; no profile: identity), and accumulated. While the accumulated value stays below
 `threshold`, later blocks are skipped with their cached residuals; when it crosses, the step runs in full
@@ -20,7 +21,6 @@ from pydantic import Field
 
 from backends.caching.common import FirstBlockDecidesRuntime, needs_transformer_blocks, rel_l1, transformer_blocks
 from backends.technique import STAGE_CACHE, Handle, TechniqueConfig, register
-from planner.models import denoiser_of
 
 
 class TeaCacheConfig(TechniqueConfig):
@@ -33,46 +33,19 @@ class TeaCacheConfig(TechniqueConfig):
     coefficients: list[float] | None = Field(None, min_length=1, max_length=8)
 
 
-def modulated_input_module(denoiser):
-    """The module whose output is the first block's timestep-modulated input (or None)."""
-    blocks = transformer_blocks(denoiser)
-    return getattr(blocks[0][1], "norm1", None) if blocks else None
-
-
 class _TeaCache(FirstBlockDecidesRuntime):
+    hook_name = "planner.teacache"
+
     def __init__(self, pipe, config: TeaCacheConfig) -> None:
-        super().__init__(pipe, transformer_blocks(denoiser_of(pipe)))
+        super().__init__(pipe, transformer_blocks(pipe))
         self.config = config
         self.poly = None if config.coefficients is None else np.asarray(config.coefficients, dtype=np.float64)
         self._captured = None
-        self._timestep = None
-        norm = modulated_input_module(self.denoiser)
-        if norm is not None:
-            first = transformer_blocks(self.denoiser)[0][1]
-            if getattr(first, "norm_type", None) == "ada_norm_single":
-                # PixArt: norm1 is a plain LayerNorm; the block modulates with scale_shift_table + timestep
-                # (the same indicator the profiler fits its polynomial on)
-                pre = first.register_forward_pre_hook(self._keep_timestep, with_kwargs=True)
-                self._undo.append(pre.remove)
-                self._block = first
-            else:
-                self._block = None
-            hook = norm.register_forward_hook(self._capture)
-            self._undo.append(hook.remove)
+        self.source, undo = self.anatomy.watch_modulated_input(self._capture, self.hook_name)
+        self._undo.append(undo)
 
-    def _keep_timestep(self, module, args, kwargs) -> None:
-        self._timestep = kwargs.get("timestep")
-
-    def _capture(self, module, args, output) -> None:
-        out = output[0] if isinstance(output, tuple) else output
-        if self._block is not None:
-            if self._timestep is None:
-                return
-            b = out.shape[0]
-            table = self._block.scale_shift_table[None] + self._timestep.reshape(b, 6, -1)
-            shift, scale = table.chunk(6, 1)[:2]
-            out = out * (1 + scale) + shift
-        self._captured = out
+    def _capture(self, tensor) -> None:
+        self._captured = tensor
 
     def on_denoiser_call(self, args, kwargs) -> None:
         super().on_denoiser_call(args, kwargs)

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], seconds: float) -> None:
-    from planner.atomic import write_text_atomic
+    from ground.files import write_text_atomic
 
     failures = sum(not ok for _, ok, _ in cases)
     lines = ['<?xml version="1.0" encoding="utf-8"?>',
@@ -51,7 +51,7 @@ def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], second
 def run(args) -> int:
     import torch
 
-    from planner.errors import PlannerError
+    from ground.errors import PlannerError
     from planner.plan import load_plan
 
     start = time.time()

@@ -1,16 +1,18 @@
 """`planner generate MODEL`: write a PNG grid of samples (and optionally the raw tensor)."""
 from __future__ import annotations
 
+from planner.models import model_help
+
 import argparse
 import time
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate a grid of samples from a model (optionally with a plan)",
                               description="Generate N samples (conditions cycle over classes or built-in prompts).")
-    p.add_argument("model", help="built-in name (digits-unet, digits-dit, tiny-sd, ...), diffusers folder or hub id")
+    p.add_argument("model", help=model_help())
     p.add_argument("--n", type=int, default=20, help="number of samples (default 20)")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed+i (default 0)")
     p.add_argument("--steps", type=int, default=None, help="inference steps (default: the pipeline's)")
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.generation import default_request, generate, save_grid
+    from ground.generation import default_request, generate, save_grid
     from planner.models import load_pipeline
 
     if args.n < 1:

@@ -1,6 +1,8 @@
 """`planner optimize MODEL --budget EXPR`: search for the fastest plan that keeps the quality budget."""
 from __future__ import annotations
 
+from planner.models import model_help
+
 import shlex
 import sys
 
@@ -8,7 +10,7 @@ import sys
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("optimize", help="search the fastest acceleration plan that meets a quality budget",
                               description="Profile, search (Optuna), verify on unseen seeds, write a plan YAML.")
-    p.add_argument("model", help="built-in name (digits-unet, digits-dit, tiny-*), diffusers folder or hub id")
+    p.add_argument("model", help=model_help())
     p.add_argument("--budget", required=True, help="quality budget, e.g. fid+2 or 'fid+2,acc-1' or psnr>=30")
     p.add_argument("--out", default=None, help="plan YAML to write (default ./MODEL.plan.yaml)")
     p.add_argument("--trials", type=int, default=20, help="total trials in the study, across workers (default 20)")
@@ -34,7 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from planner.errors import PlannerError
+    from ground.errors import PlannerError
     from planner.search.context import SearchSettings
     from planner.search.optimize import optimize
 

@@ -1,10 +1,12 @@
 """`planner profile MODEL`: per-block, per-step latency and redundancy profile (JSON + heatmap PNG)."""
 from __future__ import annotations
 
+from planner.models import model_help
+
 import argparse
 from pathlib import Path
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 SAMPLER_CHOICES = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "flow_euler")
 
@@ -14,7 +16,7 @@ def add_parser(subparsers) -> None:
         "profile", help="profile where time goes and what repeats across steps, block by block",
         description="Run MODEL on a few (condition, seed) pairs with hooks on every block of its denoiser; "
                     "write a versioned JSON profile and a heatmap PNG beside it, and print a summary.")
-    p.add_argument("model", help="built-in name (digits-unet, digits-dit, tiny-sd, ...), diffusers folder or hub id")
+    p.add_argument("model", help=model_help())
     p.add_argument("--steps", type=int, default=None, help="inference steps (default 20)")
     p.add_argument("--batch", type=int, default=2, help="(condition, seed) pairs per pipeline call (default 2)")
     p.add_argument("--samples", type=int, default=4, help="(condition, seed) pairs in all (default 4)")

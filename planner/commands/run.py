@@ -18,8 +18,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     import planner
-    from planner.errors import PlannerError
-    from planner.generation import default_request, generate, save_grid
+    from ground.errors import PlannerError
+    from ground.generation import default_request, generate, save_grid
     from planner.models import load_pipeline
     from planner.plan import load_plan
 

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from planner.plan import load_plan
-    from planner.errors import PlannerError
+    from ground.errors import PlannerError
 
     bad = 0
     for path in args.plans:

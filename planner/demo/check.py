@@ -16,10 +16,10 @@ import torch
 
 
 def check(model: str, n: int = 500, seed: int = 10_000, steps: int = 50) -> dict:
-    from planner.generation import default_request, generate
+    from ground.generation import default_request, generate
     from planner.models import load_pipeline
     from planner.quality.accuracy import accuracy
-    from planner.quality.evaluate import heldout_digits_images
+    from ground.anatomy import anatomy_of
     from planner.quality.features import get_extractor
     from planner.quality.fid import fid
 
@@ -28,10 +28,11 @@ def check(model: str, n: int = 500, seed: int = 10_000, steps: int = 50) -> dict
     request = default_request(pipe, n, seed)
     start = time.time()
     images = generate(pipe, request, steps=steps, batch_size=100)
-    acc = accuracy(images, request.conditions)
+    anatomy = anatomy_of(pipe)
+    acc = accuracy(images, request.conditions, anatomy.label_classifier())
     return dict(model=model, steps=steps, n=n, first_seed=seed, label_accuracy=acc.value,
                 label_accuracy_ci=[acc.ci_low, acc.ci_high],
-                fid_heldout=round(fid(extractor(images), extractor(heldout_digits_images())), 3),
+                fid_heldout=round(fid(extractor(images), extractor(anatomy.reference_images())), 3),
                 seconds=round(time.time() - start, 1))
 
 

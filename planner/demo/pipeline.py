@@ -16,7 +16,7 @@ from planner.demo.data import NULL_CLASS
 DEFAULT_GUIDANCE = 2.0
 
 
-class _DigitsPipeline(DiffusionPipeline):
+class DigitsPipeline(DiffusionPipeline):
     denoiser_name = ""
 
     @property
@@ -76,7 +76,7 @@ class _DigitsPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-class DigitsUNetPipeline(_DigitsPipeline):
+class DigitsUNetPipeline(DigitsPipeline):
     denoiser_name = "unet"
     model_cpu_offload_seq = "unet"
 
@@ -85,10 +85,13 @@ class DigitsUNetPipeline(_DigitsPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
 
 
-class DigitsDiTPipeline(_DigitsPipeline):
+class DigitsDiTPipeline(DigitsPipeline):
     denoiser_name = "transformer"
     model_cpu_offload_seq = "transformer"
 
     def __init__(self, transformer: DiTTransformer2DModel, scheduler) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
+
+
+from planner.demo import anatomy as _anatomy  # noqa: E402,F401  registers the demo pipelines' adapter

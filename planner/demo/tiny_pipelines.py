@@ -53,6 +53,12 @@ from pathlib import Path
 import torch
 
 TINY_FAMILIES = ("sd", "sdxl", "pixart", "sd3", "flux", "dit", "ddpm", "ddim")
+TINY_DESCRIPTIONS = {
+    "sd": "StableDiffusionPipeline at tiny size, random weights", "sdxl": "StableDiffusionXLPipeline, tiny, random",
+    "pixart": "PixArtAlphaPipeline, tiny, random", "sd3": "StableDiffusion3Pipeline, tiny, random",
+    "flux": "FluxPipeline, tiny, random", "dit": "DiTPipeline, tiny, random",
+    "ddpm": "DDPMPipeline (pixel UNet), tiny, random", "ddim": "DDIMPipeline (pixel UNet), tiny, random",
+}
 
 _COMMON = {"latent_size": 16, "text_dim": 32, "text_layers": 2, "vae_channels": (16, 32)}
 _DEFAULTS = {

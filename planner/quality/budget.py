@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 # metric -> operators it accepts
 ALLOWED = {

@@ -8,12 +8,14 @@ Prints one row per clause (metric, baseline, candidate, measured quantity, CI, N
 """
 from __future__ import annotations
 
+from planner.models import model_help
+
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 DEFAULT_SAMPLES = 500
 DEFAULT_STEPS = 50
@@ -25,7 +27,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate", help="check a candidate against the baseline under a quality budget",
         description="Generate baseline and candidate images on the same conditions and seeds, measure the "
                     "budget's metrics with bootstrap CIs, and exit 0 when the budget holds, 1 when not.")
-    p.add_argument("model", metavar="MODEL", help="built-in name (digits-unet, digits-dit), diffusers folder or hub id")
+    p.add_argument("model", metavar="MODEL", help=model_help())
     cand = p.add_mutually_exclusive_group()
     cand.add_argument("--plan", metavar="PLAN", help="a plan file to apply to the model (the candidate)")
     cand.add_argument("--candidate-steps", type=int, metavar="K",
@@ -41,7 +43,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder of reference images for FID/KID (default: held-out digits for the demo models, "
                         "else the baseline's outputs on disjoint seeds)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
-                   help=f"baseline sampling steps (default: the plan's baseline steps, else {DEFAULT_STEPS})")
+                   help=f"baseline sampling steps (default: the steps of the baseline the plan was measured "
+                        f"against, measured.baseline_steps; else {DEFAULT_STEPS})")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="baseline scheduler (default: keep = the pipeline's own with --plan, as the search "
                         "used; ddim with --candidate-steps)")
@@ -99,16 +102,20 @@ def cmd_evaluate(args) -> int:
         raise PlannerError(f"--reference {args.reference}: not a folder of images")
     plan, apply_plan = _load_plan(args.plan) if args.plan is not None else (None, None)
     if plan is not None:
-        args.steps = args.steps or plan.shapes.steps
+        # The baseline is the one the plan was measured against, not the plan's own step count.
+        measured_steps = plan.measured.baseline_steps if plan.measured is not None else None
+        args.steps = args.steps or measured_steps
         args.guidance = args.guidance if args.guidance is not None else plan.shapes.guidance_scale
     args.steps = args.steps or DEFAULT_STEPS
     args.sampler = args.sampler or ("keep" if plan is not None else "ddim")
 
-    from planner.generation import default_request
+    from ground.anatomy import anatomy_of
+    from ground.generation import default_request
     from planner.models import load_pipeline
-    from planner.quality.evaluate import (REFERENCE_SEED_OFFSET, DiskCache, Evaluator, cached_features,
-                                          cached_generate, generation_key, resolve_reference)
+    from planner.quality.evaluate import REFERENCE_SEED_OFFSET, Evaluator
     from planner.quality.features import get_extractor
+    from planner.quality.reference import resolve_reference
+    from planner.quality.store import DiskCache, cached_features, cached_generate, generation_key
 
     cache = None if args.no_cache else DiskCache()
     pipe = load_pipeline(args.model)
@@ -118,7 +125,7 @@ def cmd_evaluate(args) -> int:
     print(f"planner: generating {args.samples} baseline images ({args.sampler}, {args.steps} steps)", file=sys.stderr)
     baseline = cached_generate(pipe, request, steps=args.steps, **gen)
     if apply_plan is not None:
-        from planner.generation import generate
+        from ground.generation import generate
 
         print(f"planner: generating {args.samples} candidate images (plan {args.plan})", file=sys.stderr)
         handle = apply_plan(pipe, plan)
@@ -132,17 +139,18 @@ def cmd_evaluate(args) -> int:
 
     reference = extractor = base_feats = None
     if budget.metrics & {"fid", "kid"}:
-        extractor = get_extractor(args.features, args.model, channels=baseline.shape[1])
+        extractor = get_extractor(args.features, pipe=pipe)
         ref_request = default_request(pipe, args.samples, args.seed + REFERENCE_SEED_OFFSET)
         ref_key = generation_key(pipe, ref_request, args.steps, args.guidance, args.sampler)
         reference = resolve_reference(
-            args.model, extractor, args.reference,
+            extractor, pipe=pipe, reference_dir=args.reference,
             generate_reference=lambda: cached_generate(pipe, ref_request, steps=args.steps, **gen),
             cache=cache, cache_key=dict(ref_key, kind="reference"))
         base_key = generation_key(pipe, request, args.steps, args.guidance, args.sampler)
         base_feats = cached_features(baseline, extractor, cache, base_key)
+    classifier = anatomy_of(pipe).label_classifier() if "acc" in budget.metrics else None
     evaluator = Evaluator(budget, baseline, reference, extractor, list(request.conditions),
-                          n_boot=args.boot, seed=args.seed, baseline_features=base_feats)
+                          n_boot=args.boot, seed=args.seed, baseline_features=base_feats, classifier=classifier)
     result = evaluator.evaluate(candidate)
     cand_label = f"plan {args.plan}" if args.plan else f"{args.candidate_steps} steps"
     print(f"model {args.model}  baseline {args.steps} steps ({args.sampler})  candidate {cand_label}  "

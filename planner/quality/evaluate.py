@@ -14,221 +14,26 @@ Typical use from the search (one baseline, many candidates):
     result = ev.evaluate(candidate_images)      # -> Evaluation
     result.holds / result.point_holds / result.table()
 
-Reference sets (see `resolve_reference`): demo models -> the 360 held-out digits; any other model -> the
-baseline's own outputs on seeds disjoint from the candidate's; or a folder of images.
+Reference sets (see `resolve_reference`): a folder of images when given; else the pipeline family's own
+reference set where it has one (`Anatomy.reference_images`: the demo's 360 held-out digits); else the
+baseline's own outputs on seeds disjoint from the candidate's.
 Generated images and features are cached on disk (see `DiskCache`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 from planner.quality import paired as paired_metrics
 from planner.quality.bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, DEFAULT_SEED, MetricResult, _fmt, bootstrap_counts
 from planner.quality.budget import Budget, Clause, parse_budget
-from planner.quality.fid import GaussianStats, KIDState, weighted_stats, frechet_distance
+from planner.quality.fid import GaussianStats, KIDState, frechet_distance, weighted_stats
+from planner.quality.reference import Reference
 
 REFERENCE_SEED_OFFSET = 1_000_000_000  # reference seeds never meet candidate seeds (N < 1e9)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-# ----------------------------------------------------------------------------------------------------
-# reference sets
-
-@dataclass
-class Reference:
-    features: torch.Tensor  # float64 (R, D)
-    source: str
-    extractor: str = ""
-    _stats: GaussianStats | None = field(default=None, repr=False)
-
-    @property
-    def n(self) -> int:
-        return len(self.features)
-
-    @property
-    def stats(self) -> GaussianStats:
-        if self._stats is None:
-            self._stats = GaussianStats.from_features(self.features)
-        return self._stats
-
-
-def load_image_folder(folder) -> list[torch.Tensor]:
-    """Every image file in `folder` (sorted by name) as a (C, H, W) float tensor in [0, 1]."""
-    from PIL import Image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PlannerError(f"--reference {folder}: not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 2:
-        raise PlannerError(f"--reference {folder}: needs at least 2 images ({', '.join(IMAGE_SUFFIXES)}), "
-                           f"found {len(files)}")
-    out = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L") if im.mode in ("L", "I", "I;16", "1", "P") and im.mode != "P" else im.convert("RGB")
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise PlannerError(f"--reference {path}: unreadable image ({exc})") from None
-        t = torch.from_numpy(arr)
-        out.append(t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1))
-    return out
-
-
-def heldout_digits_images() -> torch.Tensor:
-    from planner.demo.data import digits_split
-
-    images, _ = digits_split("held_out")
-    return (images + 1) / 2
-
-
-def resolve_reference(model: str, extractor, reference_dir=None,
-                      generate_reference: Callable[[], torch.Tensor] | None = None,
-                      cache: "DiskCache | None" = None, cache_key: dict | None = None) -> Reference:
-    """The reference features for `model` under `extractor`.
-
-    reference_dir given -> that folder's images. Demo model -> the held-out digits. Otherwise
-    `generate_reference()` (the baseline's outputs on disjoint seeds), cached under `cache_key`.
-    """
-    from planner.models import DEMO_MODELS
-
-    if reference_dir is not None:
-        images = load_image_folder(reference_dir)
-        return Reference(extractor(images), f"folder {reference_dir} ({len(images)} images)", extractor.ident)
-    if model in DEMO_MODELS:
-        images = heldout_digits_images()
-        return Reference(extractor(images), f"held-out digits ({len(images)} images)", extractor.ident)
-    if generate_reference is None:
-        raise PlannerError(f"{model}: no reference set; give --reference DIR")
-    key = dict(cache_key or {}, features=extractor.ident) if cache_key is not None else None
-    feats = cache.load(key)["features"] if (cache is not None and key is not None and cache.has(key)) else None
-    images = None
-    if feats is None:
-        images = generate_reference()
-        feats = extractor(images)
-        if cache is not None and key is not None:
-            cache.save(key, {"features": feats})
-    n = len(feats)
-    return Reference(feats, f"baseline outputs on {n} disjoint seeds", extractor.ident)
-
-
-# ----------------------------------------------------------------------------------------------------
-# on-disk cache
-
-def _default_cache_root() -> Path:
-    return Path(os.environ.get("PLANNER_CACHE", Path.cwd() / ".planner-cache"))
-
-
-class DiskCache:
-    """safetensors + json entries named by the sha256 of a json key; writes are atomic (tmp + rename)."""
-
-    def __init__(self, root=None) -> None:
-        self.root = Path(root) if root is not None else _default_cache_root()
-
-    @staticmethod
-    def digest(key: dict) -> str:
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-    def _paths(self, key: dict) -> tuple[Path, Path]:
-        d = self.digest(key)
-        return self.root / f"{d}.safetensors", self.root / f"{d}.json"
-
-    def has(self, key: dict) -> bool:
-        tensors, meta = self._paths(key)
-        return tensors.exists() and meta.exists()
-
-    def load(self, key: dict) -> dict | None:
-        from safetensors.torch import load_file
-
-        tensors, meta = self._paths(key)
-        if not (tensors.exists() and meta.exists()):
-            return None
-        try:
-            stored = json.loads(meta.read_text())
-            if stored.get("key") != json.loads(json.dumps(key, sort_keys=True, default=str)):
-                return None
-            return load_file(str(tensors))
-        except (OSError, ValueError):
-            return None  # a damaged entry is a miss; it is rewritten
-
-    def save(self, key: dict, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        t_path, m_path = self._paths(key)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-            os.replace(tmp, t_path)
-            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, **(meta or {})}, f, sort_keys=True, default=str, indent=1)
-            os.replace(tmp, m_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def generation_key(pipe, request, steps, guidance_scale, sampler: str) -> dict:
-    """What determines generated images: weights, pipeline, scheduler, steps, guidance, pairs."""
-    from planner.models import denoiser_of, fingerprint
-
-    sched = pipe.scheduler
-    pairs = hashlib.sha256(json.dumps([list(map(str, request.conditions)), list(request.seeds)]).encode())
-    return {
-        "kind": "images",
-        "model": fingerprint(denoiser_of(pipe)),
-        "pipeline": type(pipe).__name__,
-        "sampler": sampler,
-        "scheduler": type(sched).__name__,
-        "scheduler_config": {k: v for k, v in dict(sched.config).items() if not k.startswith("_")},
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "n": len(request),
-        "pairs": pairs.hexdigest()[:24],
-    }
-
-
-def cached_generate(pipe, request, steps=None, guidance_scale=None, sampler: str = "", cache: DiskCache | None = None,
-                    **extra) -> torch.Tensor:
-    """`planner.generation.generate`, memoised on disk by `generation_key`."""
-    from planner.generation import generate
-
-    if cache is None:
-        return generate(pipe, request, steps=steps, guidance_scale=guidance_scale, **extra)
-    key = generation_key(pipe, request, steps, guidance_scale, sampler)
-    if extra:
-        key["extra"] = {k: str(v) for k, v in sorted(extra.items())}
-    hit = cache.load(key)
-    if hit is not None:
-        return hit["images"]
-    images = generate(pipe, request, steps=steps, guidance_scale=guidance_scale, **extra)
-    cache.save(key, {"images": images.float()})
-    return images
-
-
-def cached_features(images: torch.Tensor, extractor, cache: DiskCache | None, images_key: dict | None) -> torch.Tensor:
-    if cache is None or images_key is None:
-        return extractor(images)
-    key = dict(images_key, kind="features", features=extractor.ident)
-    hit = cache.load(key)
-    if hit is not None:
-        return hit["features"]
-    feats = extractor(images)
-    cache.save(key, {"features": feats})
-    return feats
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -322,11 +127,13 @@ class Evaluator:
     reference: a `Reference` (needed when the budget has fid or kid clauses).
     extractor: the feature extractor that made the reference (needed for fid/kid).
     conditions: the N conditions (needed for acc and clip).
+    classifier: images -> class logits (needed for acc; `Anatomy.label_classifier`).
     """
 
     def __init__(self, budget: Budget | str, baseline: torch.Tensor, reference: Reference | None = None,
                  extractor=None, conditions=None, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED,
-                 level: float = DEFAULT_LEVEL, baseline_features: torch.Tensor | None = None) -> None:
+                 level: float = DEFAULT_LEVEL, baseline_features: torch.Tensor | None = None,
+                 classifier=None) -> None:
         self.budget = parse_budget(budget) if isinstance(budget, str) else budget
         self.baseline = baseline
         self.n = len(baseline)
@@ -347,10 +154,7 @@ class Evaluator:
                 raise PlannerError("baseline and reference features come from different extractors")
             self._ref_np = reference.features.double().numpy()
             self._kid_ref_term = None
-        if "acc" in metrics:
-            from planner.quality.features import DigitsFeatures
-
-            self._classifier = DigitsFeatures()
+        self._classifier = classifier
         for metric in metrics - set(paired_metrics_names()):
             try:
                 self._base_reps[metric] = self._reps(metric, baseline, self._base_feats)
@@ -372,6 +176,9 @@ class Evaluator:
 
             if self.conditions is None:
                 raise PlannerError("acc needs the conditions (class labels) of the samples")
+            if self._classifier is None:
+                raise paired_metrics.MetricUnavailable("acc unavailable: this model's family brings no "
+                                                       "classifier of its classes; use fid or psnr")
             per = 100.0 * per_image_correct(images, self.conditions, self._classifier)
             return self._counts @ per / self._counts.sum(1)
         if metric == "clip":
@@ -446,6 +253,8 @@ def paired_metrics_names() -> tuple[str, ...]:
 
 def evaluate_budget(budget: Budget | str, baseline: torch.Tensor, candidate: torch.Tensor,
                     reference: Reference | None = None, extractor=None, conditions=None,
-                    n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL) -> Evaluation:
+                    n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL,
+                    classifier=None) -> Evaluation:
     """One-shot form of `Evaluator(...).evaluate(candidate)`."""
-    return Evaluator(budget, baseline, reference, extractor, conditions, n_boot, seed, level).evaluate(candidate)
+    return Evaluator(budget, baseline, reference, extractor, conditions, n_boot, seed, level,
+                     classifier=classifier).evaluate(candidate)

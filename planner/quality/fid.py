@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 
 def _as64(x) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 from planner.quality.bootstrap import DEFAULT_BOOT, DEFAULT_SEED, MetricResult, bootstrap, mean_metric
 
 LPIPS_ENV = "PLANNER_LPIPS_WEIGHTS"

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from planner.generation import Request, default_request, generate
+from ground.generation import Request, default_request, generate
 from planner.quality.budget import Budget
-from planner.quality.evaluate import DiskCache, Evaluator, cached_generate, generation_key, resolve_reference
+from ground.anatomy import anatomy_of
+from planner.quality.evaluate import Evaluator
 from planner.quality.features import get_extractor
+from planner.quality.reference import resolve_reference
+from planner.quality.store import DiskCache, cached_generate, generation_key
 
 VERIFY_SEED_OFFSET = 500_000  # verification seeds never meet search seeds
 
@@ -65,6 +68,7 @@ class SearchContext:
         self.cache = DiskCache()
         self.extractor = None
         self.reference = None
+        self.classifier = anatomy_of(base_pipe).label_classifier() if "acc" in budget.metrics else None
         search_request = default_request(base_pipe, settings.samples, settings.seed)
         verify_request = default_request(base_pipe, settings.verify_samples, settings.seed + VERIFY_SEED_OFFSET)
         self.search = self._baseline(search_request)
@@ -88,16 +92,16 @@ class SearchContext:
 
     def _evaluator(self, images: torch.Tensor, request: Request) -> Evaluator:
         if self.budget.metrics & {"fid", "kid"} and self.reference is None:
-            self.extractor = get_extractor(self.settings.features, model=self.settings.model,
-                                           channels=images.shape[1])
+            self.extractor = get_extractor(self.settings.features, pipe=self.base_pipe)
             ref_request = default_request(self.base_pipe, max(self.settings.verify_samples, 500),
                                           self.settings.seed + 2 * VERIFY_SEED_OFFSET)
             self.reference = resolve_reference(
-                self.settings.model, self.extractor, self.settings.reference,
+                self.extractor, pipe=self.base_pipe, reference_dir=self.settings.reference,
                 generate_reference=lambda: self._generate_baseline(ref_request), cache=self.cache,
                 cache_key=generation_key(self.base_pipe, ref_request, self.settings.baseline_steps,
                                          self.settings.guidance_scale, "baseline"))
-        return Evaluator(self.budget, images, self.reference, self.extractor, list(request.conditions))
+        return Evaluator(self.budget, images, self.reference, self.extractor, list(request.conditions),
+                         classifier=self.classifier)
 
     def _baseline(self, request: Request) -> Baseline:
         images = self._generate_baseline(request)

@@ -14,6 +14,7 @@ import optuna
 import torch
 
 from backends.technique import NotApplicable, apply_all
+from ground.errors import first_line
 from planner.search.latency import interleaved_ratio
 from planner.search.work import algorithmic, flops_of
 from search_spaces.compose import suggest_configs
@@ -48,17 +49,13 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _finite_images(images: torch.Tensor) -> bool:
     return bool(torch.isfinite(images).all())
 
 
 class Objective:
-    def __init__(self, context, families: list[str], profile_for, cost_model=None, baseline_flops: float | None = None):
+    def __init__(self, *, context, families: list[str], profile_for, cost_model=None,
+                 baseline_flops: float | None = None):
         self.ctx = context
         self.families = families
         self.profile_for = profile_for
@@ -117,7 +114,7 @@ class Objective:
             raise optuna.TrialPruned(reason)
         rest = ctx.search.request
         n_cheap = len(ctx.cheap.request)
-        from planner.generation import Request
+        from ground.generation import Request
 
         more = ctx.generate_candidate(Request(rest.conditions[n_cheap:], rest.seeds[n_cheap:]))
         images = torch.cat([cheap_images, more])
@@ -159,7 +156,7 @@ class Objective:
         alg = algorithmic(configs)
         handle = apply_all(ctx.base_pipe, alg)
         try:
-            from planner.generation import generate
+            from ground.generation import generate
 
             return flops_of(lambda: generate(ctx.base_pipe, ctx.latency_request,
                                              guidance_scale=ctx.settings.guidance_scale,

@@ -28,9 +28,11 @@ import optuna
 import torch
 
 from backends.technique import NotApplicable, apply_all, config_from_dict
-from planner.environment import current_environment
-from planner.errors import BudgetNotMet, PlannerError
-from planner.models import denoiser_of, fingerprint, load_pipeline
+from ground.environment import current_environment
+from ground.errors import BudgetNotMet, PlannerError
+from ground.anatomy import denoiser_of
+from ground.identity import fingerprint
+from planner.models import load_pipeline
 from planner.plan import Environment, Measured, MetricResult, ModelRef, Plan, Provenance, Shapes, TechniqueEntry, save_plan
 from planner.quality.budget import parse_budget
 from planner.search.context import SearchContext, SearchSettings
@@ -42,7 +44,9 @@ from planner.search.study import (counted, default_study_name, finished, join_st
                                   running)
 from planner.search.workers import run_trials
 from planner.search.work import flops_of
-from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, available_families, within_space
+from ground.generation import default_request
+from profiler import cached_profile
+from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, within_space
 
 MAX_VERIFICATIONS = 5
 # Settings every worker of a study must share (they decide what a trial measures); stored in the study.
@@ -72,24 +76,16 @@ def _families(requested: tuple[str, ...]) -> list[str]:
         raise PlannerError(f"--techniques: unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
     if "sampler" not in names:
         names.insert(0, "sampler")  # the plan always pins sampler and steps: schedules are indexed by step
-    have = available_families()
-    return [n for n in names if n in have]
+    return [n for n in FAMILIES if n in names]
 
 
 def _profile_provider(pipe, ctx):
-    try:
-        from profiler import cached_profile
-    except ImportError:
-        return None
-    from planner.generation import default_request
-
+    """profile_for(sampler config) -> the cached profile of `pipe` at that sampler (the schedules and
+    thresholds of the caches are calibrated on it)."""
     request = default_request(pipe, 4, ctx.settings.seed)
 
     def profile_for(sampler_config):
-        try:
-            return cached_profile(pipe, request, sampler=sampler_config, guidance_scale=ctx.settings.guidance_scale)
-        except TypeError:
-            return cached_profile(pipe, request, sampler=sampler_config)
+        return cached_profile(pipe, request, sampler=sampler_config, guidance_scale=ctx.settings.guidance_scale)
     return profile_for
 
 
@@ -211,16 +207,26 @@ class _Session:
     start: float
 
 
-def _load(settings: SearchSettings):
+@dataclass(frozen=True)
+class Loaded:
+    """The pipelines a worker measures with, what they are and where they run."""
+    base_pipe: object
+    cand_pipe: object
+    fingerprint: str
+    environment: dict
+
+
+def _load(settings: SearchSettings) -> Loaded:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     base_pipe = load_pipeline(settings.model, device=settings.device)
     cand_pipe = load_pipeline(settings.model, device=settings.device)
-    return base_pipe, cand_pipe, fingerprint(denoiser_of(base_pipe)), current_environment(settings.device)
+    return Loaded(base_pipe=base_pipe, cand_pipe=cand_pipe, fingerprint=fingerprint(denoiser_of(base_pipe)),
+                  environment=current_environment(settings.device))
 
 
-def _prepare(settings, budget, families, pipes, study, study_name, storage_desc, start, log) -> _Session:
-    base_pipe, cand_pipe, fp, env = pipes
+def _prepare(settings, budget, families, loaded: Loaded, study, study_name, storage_desc, start, log) -> _Session:
+    base_pipe, cand_pipe, fp, env = loaded.base_pipe, loaded.cand_pipe, loaded.fingerprint, loaded.environment
     log(f"[planner] {settings.model} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
         f"techniques {','.join(families)}; study {study_name} in {storage_desc}")
     log(f"[planner] baseline: {settings.baseline_steps} steps; generating {settings.samples} search and "
@@ -231,7 +237,8 @@ def _prepare(settings, budget, families, pipes, study, study_name, storage_desc,
         if r.baseline is not None:
             log(f"[planner] baseline {r.clause.metric} on {ctx.search.evaluator.n} search samples: {r.baseline:.3f}")
     baseline_flops = flops_of(ctx.run_baseline_batch)
-    objective = Objective(ctx, families, _profile_provider(cand_pipe, ctx) if "cache" in families else None,
+    objective = Objective(context=ctx, families=families,
+                          profile_for=_profile_provider(cand_pipe, ctx) if "cache" in families else None,
                           cost_model=CostModel(study, settings.baseline_steps, settings.seed),
                           baseline_flops=baseline_flops)
     return _Session(settings, budget, families, study, study_name, storage_desc, ctx, objective, baseline_flops, start)
@@ -243,8 +250,8 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
         raise PlannerError("--trials: must be at least 1")
     budget = parse_budget(settings.budget)
     families = _families(settings.techniques)
-    pipes = _load(settings)
-    fp, env = pipes[2], pipes[3]
+    loaded = _load(settings)
+    fp, env = loaded.fingerprint, loaded.environment
     measurement = {k: getattr(settings, k) for k in ("budget", "device", "batch", "resolution", "samples",
                                                       "cheap_samples", "baseline_steps", "guidance_scale", "seed",
                                                       "features", "reference")}
@@ -263,7 +270,7 @@ def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
             study.enqueue_trial(anchor, skip_if_exists=True)
     shared = dict({k: getattr(settings, k) for k in MEASUREMENT if k != "techniques"}, techniques=families)
     _check_worker(study, env, fp, shared)
-    session = _prepare(settings, budget, families, pipes, study, study_name, storage_desc, start, log)
+    session = _prepare(settings, budget, families, loaded, study, study_name, storage_desc, start, log)
     run_trials(study, session.objective, settings.trials, settings.timeout,
                heartbeat=isinstance(storage, optuna.storages.RDBStorage), log=log)
     others = running(study)
@@ -298,12 +305,12 @@ def plan_from_study(study_name: str, storage_url: str | None = None, out: str | 
                                      study_name=study_name, threads=threads,
                                      out=out or f"{values['model'].strip('/').replace('/', '--')}.plan.yaml"))
     budget = parse_budget(settings.budget)
-    pipes = _load(settings)
-    _check_worker(study, pipes[3], pipes[2])
+    loaded = _load(settings)
+    _check_worker(study, loaded.environment, loaded.fingerprint)
     others = running(study)
     if others:
         log(f"[planner] note: {len(others)} trial(s) still running; choosing among the {len(finished(study))} finished")
-    session = _prepare(settings, budget, list(settings.techniques), pipes, study, study_name, storage_desc, start, log)
+    session = _prepare(settings, budget, list(settings.techniques), loaded, study, study_name, storage_desc, start, log)
     return _select_and_write(session, log)
 
 

@@ -22,16 +22,13 @@ from pathlib import Path
 
 import optuna
 
-from planner.errors import PlannerError
+from ground.cache import cache_dir
+from ground.errors import PlannerError
 
 HEARTBEAT_S = 30   # a RUNNING trial records a heartbeat this often (database storage only)
 GRACE_S = 120      # ... and is failed (then retried once) when none came for this long
 OVER_CAP = "over the --trials cap"
 TrialState = optuna.trial.TrialState
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PLANNER_CACHE", ".planner-cache"))
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -59,7 +56,7 @@ def default_study_name(model: str, fingerprint: str, measurement: dict) -> str:
 
 
 def journal_path(study_name: str) -> Path:
-    return cache_root() / "studies" / f"{study_name}.journal"
+    return cache_dir("studies") / f"{study_name}.journal"
 
 
 def open_storage(url: str | None, study_name: str):

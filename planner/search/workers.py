@@ -15,7 +15,7 @@ import warnings
 
 import optuna
 
-from planner.search.objective import first_line
+from ground.errors import first_line
 from planner.search.progress import ProgressBar
 from planner.search.study import OVER_CAP, TrialCap, counted, reclaim_dead_trials, worker_id
 

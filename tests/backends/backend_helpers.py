@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 
 
 def demo_pipeline(name: str):

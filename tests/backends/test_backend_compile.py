@@ -4,11 +4,12 @@ import torch
 from backend_helpers import demo_pipeline, rel_err
 
 import backends
-from backends.compile import CompileConfig, OrtDenoiser, backend_unsupported
+from backends.compile import CompileConfig, backend_unsupported
+from backends.onnx import OrtDenoiser
 from backends.quantization import QuantizeConfig
 from backends.technique import ConfigError, NotApplicable
-from planner.generation import default_request, generate
-from planner.models import denoiser_of
+from ground.generation import default_request, generate
+from ground.anatomy import denoiser_of
 
 STEPS = 3
 
@@ -22,7 +23,7 @@ def model(request):
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "planner-cache"))
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path_factory.getbasetemp() / "planner-cache"))
 
 
 def test_eager_is_identity(model):
@@ -46,7 +47,7 @@ def test_onnx_round_trip(model):
     assert denoiser_of(pipe) is original
     assert rel_err(out, base) < 1e-4
     assert rel_err(out2, base[:3]) < 1e-4
-    assert len(handle.info["builds"]) == 1 and handle.info["build_s"] > 0
+    assert len(handle.info["builds"]) == 1 and handle.info["setup_s"] > 0
     assert handle.info["amortize_calls"] == 100 and handle.info["calls"] == 2 * STEPS
     assert torch.equal(generate(pipe, request, steps=STEPS), base)
     # a second application hits the disk cache
@@ -74,7 +75,7 @@ def test_regional_compile_dit():
     handle = backends.apply(pipe, CompileConfig(backend="torch_regional"))
     out = generate(pipe, request, steps=2)
     handle.remove()
-    assert len(handle.info["compiled"]) == 8 and handle.info["first_call_s"] > 0
+    assert len(handle.info["compiled"]) == 8 and handle.info["setup_s"] > 0
     assert rel_err(out, base) < 1e-4
     assert all(m._compiled_call_impl is None for m in denoiser_of(pipe).modules())
     assert torch.equal(generate(pipe, request, steps=2), base)

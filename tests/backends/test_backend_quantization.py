@@ -6,8 +6,8 @@ from backend_helpers import demo_pipeline, rel_err
 import backends
 from backends.quantization import QuantizeConfig, mode_unsupported, supported_modes
 from backends.technique import ConfigError, NotApplicable, config_from_dict
-from planner.generation import default_request, generate
-from planner.models import denoiser_of
+from ground.generation import default_request, generate
+from ground.anatomy import denoiser_of
 
 STEPS = 2
 # Relative L2 error of the generated images (4 samples, 3 DDIM steps) against fp32.

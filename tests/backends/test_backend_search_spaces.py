@@ -44,13 +44,12 @@ def test_compile_space():
 def test_a_restricted_space_only_proposes_its_values():
     import pytest
 
-    from planner.errors import PlannerError
+    from ground.errors import PlannerError
     from search_spaces.compose import RestrictedTrial, suggest_configs, within_space
-    from search_spaces.quantization import mode_param
 
     pipe = demo_pipeline("digits-unet")
     space = {"sampler": ["unipc"], "steps": [4, 8], "cache": ["none", "deepcache"], "deepcache.branch": [0],
-             "deepcache.interval": [2, 3], mode_param(pipe): ["none"]}
+             "deepcache.interval": [2, 3], "quant.mode": ["none"]}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(20):

@@ -6,7 +6,7 @@ from backend_helpers import UNetHolder, demo_pipeline, rel_err, sd_like_unet
 import backends
 from backends.technique import ConfigError, NotApplicable, config_from_dict
 from backends.tokens import ToDoConfig, ToMeConfig, _destinations, bipartite_soft_matching
-from planner.generation import default_request, generate
+from ground.generation import default_request, generate
 
 STEPS = 2
 

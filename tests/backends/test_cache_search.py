@@ -78,9 +78,9 @@ def test_calibrated_thresholds_scale_with_the_indicator():
 
 def _fake_profile(pipe, steps=10):
     from backends.caching.common import residual_blocks
-    from planner.models import denoiser_of
+    from ground.anatomy import denoiser_of
 
-    names = [n for n, _ in residual_blocks(denoiser_of(pipe))]
+    names = [n for n, _ in residual_blocks(pipe)]
     r = _redundancy(len(names), steps)
     return CacheProfile(steps=steps, block_names=names, residual_change=r, output_change=r,
                         block_ms=np.linspace(1, 2, len(names)), indicator_change=np.r_[np.nan, np.full(steps - 1, 0.05)],
@@ -132,7 +132,7 @@ def test_profile_to_schedule_end_to_end(pipes):
     import backends
     from backends.caching.common import WorkCounter
     from backends.sampler import SamplerConfig
-    from planner.generation import default_request, generate
+    from ground.generation import default_request, generate
     from search_spaces.caching import schedule_from_profile
 
     pipe = pipes["dit"]

@@ -5,7 +5,7 @@ import torch
 import backends
 from backends.sampler import SamplerConfig
 from backends.technique import ConfigError, config_from_dict
-from planner.generation import Request, generate
+from ground.generation import Request, generate
 
 
 @pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler"])

@@ -10,8 +10,9 @@ from helpers import make_plan, needs_weights
 
 import planner
 from planner.cli import main
-from planner.environment import current_environment
-from planner.models import denoiser_of, fingerprint
+from ground.environment import current_environment
+from ground.anatomy import denoiser_of
+from ground.identity import fingerprint
 from planner.plan import load_plan, save_plan
 from planner.runtime import PlanMismatch
 from planner.search import objective as objective_module

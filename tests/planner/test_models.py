@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from planner.demo.data import digits_split
-from planner.generation import Request, default_request, generate
-from planner.models import WEIGHTS_DIR, fingerprint, load_pipeline
-from planner.errors import PlannerError
+from ground.generation import Request, default_request, generate
+from planner.demo import WEIGHTS_DIR
+from ground.identity import fingerprint
+from planner.models import load_pipeline
+from ground.errors import PlannerError
 
 
 @pytest.mark.parametrize("name", ["digits-unet", "digits-dit"])
@@ -59,12 +61,13 @@ def test_feature_net_meets_its_bar():
 
 @pytest.mark.parametrize("fixture", ["digits_unet", "digits_dit"])
 def test_class_accuracy_at_50_ddim_steps(fixture, request):
+    from ground.anatomy import anatomy_of
     from planner.quality.accuracy import per_image_correct
 
     pipe = request.getfixturevalue(fixture)
     req = default_request(pipe, 100, seed=1234)
     images = generate(pipe, req, steps=50)
-    correct = per_image_correct(images, req.conditions)
+    correct = per_image_correct(images, req.conditions, anatomy_of(pipe).label_classifier())
     assert correct.mean() >= 0.90, f"{fixture}: only {correct.mean():.0%} of samples show the asked digit"
 
 

@@ -9,7 +9,7 @@ import yaml
 import planner
 from backends.sampler import SamplerConfig
 from helpers import make_plan
-from planner.generation import Request, generate
+from ground.generation import Request, generate
 from planner.plan import PlanError, load_plan, parse_plan, plan_to_yaml, save_plan
 from planner.runtime import PlanMismatch
 

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from planner.errors import PlannerError
+from ground.errors import PlannerError
 from planner.quality.budget import Budget, Clause, parse_budget
 from planner.quality.fid import GaussianStats, fid, kid, weighted_stats
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "planner" / "demo" / "weights"
-
-
-def _need_weights(model: str = "digits-unet") -> None:
-    if not (WEIGHTS / model / "model_index.json").exists():
-        pytest.skip(f"{model} weights not trained yet")
-
 
 @pytest.fixture(scope="module")
 def digits():
@@ -31,9 +23,10 @@ def digits():
 
 @pytest.fixture(scope="module")
 def reference(digits):
-    from planner.quality.evaluate import resolve_reference
+    from planner.models import load_pipeline
+    from planner.quality.reference import resolve_reference
 
-    return resolve_reference("digits-unet", digits[2])
+    return resolve_reference(digits[2], pipe=load_pipeline("digits-unet"))
 
 
 # ---- FID / KID ------------------------------------------------------------------------------------
@@ -127,7 +120,7 @@ def test_label_accuracy_of_real_digits(digits):
     from planner.quality.accuracy import accuracy
 
     images, labels, extractor = digits
-    result = accuracy(images[:300], labels[:300].tolist(), extractor)
+    result = accuracy(images[:300], labels[:300].tolist(), extractor.logits)
     assert result.value > 95 and result.ci_low <= result.value <= result.ci_high
 
 
@@ -179,15 +172,16 @@ def test_inception_without_weights_says_how_to_provide_them(monkeypatch, tmp_pat
         get_extractor("inception")
     assert "PLANNER_INCEPTION_WEIGHTS" in str(info.value) and "\n" not in str(info.value)
     monkeypatch.delenv("PLANNER_INCEPTION_WEIGHTS")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from planner.models import load_pipeline
+
     with pytest.raises(PlannerError):
-        get_extractor(None, model="some/other-model", channels=3)  # inception is the default there
+        get_extractor(None, pipe=load_pipeline("tiny-sd"))  # inception is the default there
 
 
 def test_inception_architecture_and_safetensors_path(monkeypatch, tmp_path):
     from safetensors.torch import save_file
 
-    from planner.quality.features import InceptionFeatures
+    from planner.quality.inception import InceptionFeatures
 
     random_net = InceptionFeatures(random_weights=True)
     assert sum(p.numel() for p in random_net.net.parameters()) == 21_785_568  # FID Inception-v3, no fc
@@ -227,7 +221,8 @@ def test_evaluator_verdicts_on_real_digits(digits, reference):
 
     images, labels, ex = digits
     base = images[:300]
-    ev = Evaluator("fid+2,kid+0.01,acc-1,psnr>=30,ssim>=0.9", base, reference, ex, labels[:300].tolist(), n_boot=100)
+    ev = Evaluator("fid+2,kid+0.01,acc-1,psnr>=30,ssim>=0.9", base, reference, ex, labels[:300].tolist(), n_boot=100,
+                   classifier=ex.logits)
     same = ev.evaluate(base)
     assert same.holds and same.point_holds
     assert all(r.measured.ci_low == r.measured.ci_high for r in same.results if r.clause.relative)
@@ -243,17 +238,18 @@ def test_evaluator_verdicts_on_real_digits(digits, reference):
 def test_reference_folder_and_cache(tmp_path, digits):
     from PIL import Image
 
-    from planner.quality.evaluate import DiskCache, resolve_reference
+    from planner.quality.reference import resolve_reference
+    from planner.quality.store import DiskCache
 
     folder = tmp_path / "ref"
     folder.mkdir()
     for i, image in enumerate(digits[0][:6]):
         Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
     (folder / "notes.txt").write_text("ignored")
-    ref = resolve_reference("anything", digits[2], reference_dir=folder)
+    ref = resolve_reference(digits[2], reference_dir=folder)
     assert ref.n == 6 and "6 images" in ref.source
     with pytest.raises(PlannerError):
-        resolve_reference("anything", digits[2], reference_dir=tmp_path / "missing")
+        resolve_reference(digits[2], reference_dir=tmp_path / "missing")
 
     cache = DiskCache(tmp_path / "cache")
     key = {"kind": "images", "model": "sha256:x", "seeds": [1, 2]}
@@ -297,7 +293,7 @@ def test_cli_exit_codes(random_unet, tmp_path, monkeypatch, capsys):
     assert _evaluate(*common, "--candidate-steps", 3, "--budget", "fid+2,psnr>=30,ssim>=0.99") == 0
     out = capsys.readouterr().out
     assert "fid+2" in out and "inf" in out and "holds" in out
-    assert list((tmp_path / "cache").glob("*.safetensors"))
+    assert list((tmp_path / "cache" / "images").glob("*.safetensors"))
     assert _evaluate(*common, "--candidate-steps", 1, "--budget", "psnr>=60", "--json", tmp_path / "e.json") == 1
     assert '"holds": false' in (tmp_path / "e.json").read_text()
     assert _evaluate(*common, "--candidate-steps", 3, "--budget", "fid+x") == 2
@@ -311,13 +307,13 @@ def test_cli_exit_codes(random_unet, tmp_path, monkeypatch, capsys):
     assert _evaluate("no-such-model", "--candidate-steps", 3, "--budget", "fid+2") == 2
 
 
-# ---- the trained demo model (skipped until its weights exist) -----------------------------------
+# ---- the trained demo model (shipped: a missing file fails) ------------------------------------
 
 def _generate(steps: int, n: int, seed: int):
-    from planner.generation import default_request
+    from ground.generation import default_request
     from planner.models import load_pipeline
     from planner.quality.cli import set_sampler
-    from planner.quality.evaluate import DiskCache, cached_generate
+    from planner.quality.store import DiskCache, cached_generate
 
     pipe = load_pipeline("digits-unet")
     set_sampler(pipe, "ddim")
@@ -327,7 +323,6 @@ def _generate(steps: int, n: int, seed: int):
 
 @pytest.mark.slow
 def test_fid_kid_sensitivity_on_digits_unet(reference):
-    _need_weights()
     from planner.quality.evaluate import Evaluator
 
     n = 500
@@ -349,7 +344,6 @@ def reference_extractor():
 
 @pytest.mark.slow
 def test_disjoint_seed_sets_agree_on_digits_unet(reference):
-    _need_weights()
     from planner.quality.bootstrap import bootstrap
     from planner.quality.fid import fid as fid_of
 
@@ -364,8 +358,10 @@ def test_disjoint_seed_sets_agree_on_digits_unet(reference):
 
 
 def test_label_accuracy_of_digits_unet():
-    _need_weights()
     from planner.quality.accuracy import accuracy
 
+    from ground.anatomy import anatomy_of
+    from planner.models import load_pipeline
+
     images, request = _generate(5, 64, 0)
-    assert accuracy(images, request.conditions).value > 80
+    assert accuracy(images, request.conditions, anatomy_of(load_pipeline("digits-unet")).label_classifier()).value > 80

@@ -30,7 +30,9 @@ def test_shipped_plan_passes_the_gate(path, tmp_path):
 
 @pytest.mark.parametrize("path", PLANS, ids=[p.name for p in PLANS])
 def test_shipped_plan_fits_its_built_in_model(path):
-    from planner.models import denoiser_of, fingerprint, load_pipeline
+    from ground.anatomy import denoiser_of
+    from ground.identity import fingerprint
+    from planner.models import load_pipeline
 
     plan = load_plan(path)
     assert fingerprint(denoiser_of(load_pipeline(plan.model.name))) == plan.model.fingerprint

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from planner.demo.tiny_pipelines import TINY_FAMILIES, build_tiny_pipeline, tiny_spec
-from planner.errors import PlannerError
-from planner.generation import default_request, generate, pipeline_family
-from planner.models import builtin_names, denoiser_of, load_pipeline
+from ground.errors import PlannerError
+from ground.generation import default_request, generate, pipeline_family
+from planner.models import builtin_names, load_pipeline
+from ground.anatomy import denoiser_of
 
 STEPS = 2
 PIXEL_FAMILIES = ("ddpm", "ddim")

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import profiler
-from planner.generation import Request, default_request, generate
-from planner.models import WEIGHTS_DIR, denoiser_of, load_pipeline
+from ground.generation import Request, default_request, generate
+from planner.demo import WEIGHTS_DIR
+from ground.anatomy import denoiser_of
+from planner.models import load_pipeline
 from profiler import Profile, cached_profile, fit_polynomial, profile_pipeline
 
 STEPS = 4

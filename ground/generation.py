@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from planner.errors import PlannerError
+from ground.anatomy import anatomy_of
+from ground.errors import PlannerError
 
 DEFAULT_PROMPTS = (
     "a photo of a cat", "a red car on a street", "a bowl of fruit", "a mountain lake at dawn",
@@ -21,26 +22,11 @@ DEFAULT_PROMPTS = (
 
 def pipeline_family(pipe) -> str:
     """'class' (class labels), 'text' (prompts) or 'unconditional' (nothing)."""
-    params = inspect.signature(pipe.__call__).parameters
-    if "prompt" in params:
-        return "text"
-    if "class_labels" in params:
-        return "class"
-    return "unconditional"
+    return anatomy_of(pipe).conditioning
 
 
 def num_classes(pipe) -> int | None:
-    from planner.demo.data import NUM_CLASSES
-    from planner.demo.pipeline import _DigitsPipeline
-
-    if isinstance(pipe, _DigitsPipeline):
-        return NUM_CLASSES
-    labels = getattr(pipe, "labels", None)  # DiTPipeline's id2label
-    if labels:
-        return len(set(labels.values()))
-    transformer = getattr(pipe, "transformer", None)
-    n = getattr(getattr(transformer, "config", None), "num_embeds_ada_norm", None)
-    return int(n) if n else None
+    return anatomy_of(pipe).num_classes
 
 
 @dataclass(frozen=True)
@@ -171,7 +157,7 @@ def save_grid(images: torch.Tensor, path, columns: int | None = None) -> None:
     picture = Image.fromarray(arr[..., 0] if c == 1 else arr[..., :3])
     scale = max(1, 256 // max(h, w))
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    from planner.atomic import atomic_path
+    from ground.files import atomic_path
 
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")

@@ -1,23 +1,16 @@
 """What a plan was tuned on: device and library versions, compared when a plan is applied."""
 from __future__ import annotations
 
-import platform
-
 import torch
 
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine() or "cpu"
+from ground import __version__
+from ground.devices import device_name
 
 
 def current_environment(device: str = "cpu") -> dict:
     import diffusers
 
-    from planner import __version__
-
-    return {"device": device, "device_name": device_name(device), "torch": torch.__version__,
+    return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "planner": __version__}
 
 

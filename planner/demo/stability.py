@@ -1,6 +1,6 @@
 """Measure how stable the paired quality metrics are on a demo model (used to choose N; see README).
 
-    python -m planner.quality.stability digits-unet --steps 50 --candidates 20,10,5 --n 1000 \
+    python -m planner.demo.stability digits-unet --steps 50 --candidates 20,10,5 --n 1000 \
         --seed-sets 0,100000 [--subsets 250,500]
 
 For every seed set and candidate step count: FID/KID of baseline and candidate, the paired difference
@@ -17,7 +17,7 @@ import time
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m planner.quality.stability")
+    p = argparse.ArgumentParser(prog="python -m planner.demo.stability")
     p.add_argument("model", default="digits-unet", nargs="?")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--candidates", default="20,10,5")
@@ -28,18 +28,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from planner.generation import default_request
+    from ground.generation import default_request
     from planner.models import load_pipeline
     from planner.quality.bootstrap import bootstrap
     from planner.quality.cli import set_sampler
-    from planner.quality.evaluate import DiskCache, Evaluator, cached_generate, resolve_reference
+    from ground.anatomy import anatomy_of
+    from planner.quality.evaluate import Evaluator
     from planner.quality.features import get_extractor
+    from planner.quality.reference import resolve_reference
+    from planner.quality.store import DiskCache, cached_generate
     from planner.quality.fid import fid
 
     pipe = load_pipeline(args.model)
     set_sampler(pipe, "ddim")
-    ex = get_extractor("digits")
-    ref = resolve_reference(args.model, ex)
+    ex = get_extractor(None, pipe=pipe)
+    ref = resolve_reference(ex, pipe=pipe)
     cache = DiskCache()
     cands = [int(c) for c in args.candidates.split(",") if c]
     sizes = sorted({int(s) for s in args.subsets.split(",") if s} | {args.n})
@@ -61,7 +64,8 @@ def main(argv=None) -> int:
                              ci=[absolute.ci_low, absolute.ci_high]))
             print(f"seed {seed:>6} N {n:>4}  baseline {args.steps:>2} steps  FID {absolute}", flush=True)
             ev = Evaluator("fid+2,kid+0.001,acc-1,psnr>=30,ssim>=0.9", base[:n], ref, ex,
-                           list(request.conditions[:n]), n_boot=args.boot, seed=0)
+                           list(request.conditions[:n]), n_boot=args.boot, seed=0,
+                           classifier=anatomy_of(pipe).label_classifier())
             for k in cands:
                 res = ev.evaluate(outs[k][:n])
                 row = dict(seed=seed, n=n, config=f"{k} vs {args.steps} steps")
