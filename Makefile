@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench peers oracle oracle-large clean
+.PHONY: install demo test test-slow bench peers oracle oracle-large gpu-pack clean
 
 $(BIN)/planner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
-# Benchmarks against the peers and against an exhaustive grid (each under 30 minutes on 2 cores).
+# Benchmarks against the peers (about 45 minutes on 2 free cores) and against an exhaustive grid.
+# PEERS_ARGS: e.g. --plan 'digits-dit:psnr>=30=plans/digits-dit-psnr30.yaml' --update-readme
 peers: install
 	$(BIN)/pip install -q -e ".[dev,peers]"
-	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.peers $(PEERS_ARGS)
 
 oracle: install
 	$(BIN)/python -m bench.oracle
@@ -37,6 +38,11 @@ oracle: install
 # 216 points: the grid on which the planner's 20 trials are <= 10% of the oracle's (about 45 minutes)
 oracle-large: install
 	$(BIN)/python -m bench.oracle --grid large --workers 2
+
+# The wheels a lent GPU machine lacks, into .whl/ (ignored by git); then one device call runs
+# `bash bench/gpu/run.sh` with carry [".whl"]. See the README's "GPU evidence in one call".
+gpu-pack:
+	bash bench/gpu/pack.sh
 
 clean:
 	rm -rf $(VENV) .planner-cache digits-unet.plan.*

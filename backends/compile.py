@@ -23,6 +23,7 @@ The ONNX Runtime and TensorRT paths live in `backends/onnx.py`.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from pydantic import Field, model_validator
 
 from backends.technique import STAGE_COMPILE, Handle, NotApplicable, TechniqueConfig, register
 from ground.anatomy import anatomy_of
+from ground.cache import cache_dir
 from ground.devices import device_of
 from ground.hooks import add_call_hook, is_hooked
 
@@ -126,7 +128,15 @@ def _time_first_call(module: torch.nn.Module, info: dict):
     return add_call_hook(module, HOOK, timed)
 
 
+def _inductor_cache() -> None:
+    """Inductor's compiled kernels go under the planner's cache root (unless the user placed them): a
+    production start that applies the same plan again reuses them instead of compiling anew."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir("compiled") / "inductor")
+
+
 def _apply_torch(pipe, denoiser, config: CompileConfig) -> Handle:
+    _inductor_cache()
     kwargs: dict[str, Any] = {"mode": None if config.mode == "default" else config.mode,
                               "dynamic": config.dynamic, "fullgraph": config.fullgraph}
     if config.backend == "torch_whole":
@@ -145,15 +155,20 @@ def _apply_torch(pipe, denoiser, config: CompileConfig) -> Handle:
     for _, m in targets:
         m.compile(**kwargs)
     info["wrap_s"] = time.perf_counter() - t0
-    # Compilation happens lazily at the first denoiser call: its time (compile + one call) is the build time.
-    stop_timer = _time_first_call(denoiser, info)
+    compiled = [(m, m.__dict__.get("_compiled_call_impl")) for _, m in targets]
+    # Compilation happens lazily at the first denoiser call: its time (compile + one call) is the setup time.
+    timer = [_time_first_call(denoiser, info)]
 
     def undo() -> None:
-        stop_timer()
+        timer[0]()
         for m, prev in previous:
             m._compiled_call_impl = prev
-    handle = Handle(config, undo, info=info)
-    return handle
+
+    def resume() -> None:   # the code compiled before, back in place: no recompilation
+        for m, impl in compiled:
+            m._compiled_call_impl = impl
+        timer[0] = _time_first_call(denoiser, info)
+    return Handle(config, undo, info=info, suspend=undo, resume=resume)
 
 
 # ------------------------------------------------------------------------------------------- handler

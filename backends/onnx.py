@@ -306,7 +306,10 @@ def apply_ort(pipe, denoiser, config: CompileConfig) -> Handle:
     info: dict[str, Any] = {"amortize_calls": config.amortize_calls, "setup_s": 0.0, "provider": None}
     wrapper = OrtDenoiser(denoiser, config, info, tensorrt=config.backend == "tensorrt")
     info["provider"] = (ort_providers(device_of(denoiser), tensorrt=config.backend == "tensorrt") or ["?"])[0]
-    undo = replace_attribute(pipe, name, wrapper, HOOK)
-    return Handle(config, undo, info=info)
+    undo = [replace_attribute(pipe, name, wrapper, HOOK)]
+
+    def resume() -> None:   # the same wrapper: its sessions (exports, engines) are kept
+        undo[0] = replace_attribute(pipe, name, wrapper, HOOK)
+    return Handle(config, lambda: undo[0](), info=info, suspend=lambda: undo[0](), resume=resume)
 
 

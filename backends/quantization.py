@@ -28,6 +28,7 @@ from backends.technique import STAGE_PRECISION, Handle, NotApplicable, Technique
 from ground.anatomy import anatomy_of
 from ground.devices import device_of
 from ground.hooks import Rewrite, add_forward_hook
+from ground.schema import Tuple
 
 HOOK = "planner.quantize"
 
@@ -45,7 +46,7 @@ class QuantizeConfig(TechniqueConfig):
     mode: Mode = "bf16"
     backend: Literal["auto", "torch_ao", "torchao"] = "auto"   # for int8 modes
     include_conv: bool = False                                  # torch_ao int8_dynamic: Conv layers too
-    exclude: tuple[Group, ...] = ()
+    exclude: Tuple(Group) = ()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -229,12 +230,30 @@ def _cast_output(out, dtype):
     return out
 
 
-def _wrap_casting(module, in_dtype, out_dtype, min_ndim: int = 0):
-    """Cast floating inputs (of at least `min_ndim` dims: the denoiser keeps 1-d timesteps exact) and outputs."""
-    def forward(original, *args, **kwargs):
-        out = original(*_cast_tree(args, in_dtype, min_ndim), **_cast_tree(kwargs, in_dtype, min_ndim))
-        return _cast_output(out, out_dtype)
-    return add_forward_hook(module, HOOK, Rewrite(forward))
+class _Hooks:
+    """The casting hooks of one application, which can be taken off and put on again (suspend/resume)."""
+
+    def __init__(self) -> None:
+        self.placed: list[tuple[torch.nn.Module, Rewrite]] = []
+        self.undos: list = []
+
+    def cast(self, module, in_dtype, out_dtype, min_ndim: int = 0) -> None:
+        """Cast floating inputs (of at least `min_ndim` dims: the denoiser keeps 1-d timesteps exact) and
+        outputs of `module`."""
+        def forward(original, *args, **kwargs):
+            out = original(*_cast_tree(args, in_dtype, min_ndim), **_cast_tree(kwargs, in_dtype, min_ndim))
+            return _cast_output(out, out_dtype)
+        hook = Rewrite(forward)
+        self.placed.append((module, hook))
+        self.undos.append(add_forward_hook(module, HOOK, hook))
+
+    def take_off(self) -> None:
+        for fn in reversed(self.undos):
+            fn()
+        self.undos.clear()
+
+    def put_on(self) -> None:
+        self.undos = [add_forward_hook(module, HOOK, hook) for module, hook in self.placed]
 
 
 def _outermost(names: list[str]) -> list[str]:
@@ -242,7 +261,7 @@ def _outermost(names: list[str]) -> list[str]:
     return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
 
 
-def _apply_precision(pipe, denoiser, config: QuantizeConfig, undos: list) -> dict:
+def _apply_precision(pipe, denoiser, config: QuantizeConfig, hooks: _Hooks) -> dict:
     dtype = torch.bfloat16 if config.mode == "bf16" else torch.float16
     blocks = block_names(pipe)
     # Modules the model itself declares must stay in float32 (diffusers' `_keep_in_fp32_modules`) are
@@ -263,12 +282,12 @@ def _apply_precision(pipe, denoiser, config: QuantizeConfig, undos: list) -> dic
         kept = set(keep)
         for name, module in modules.items():
             if name in kept:
-                undos.append(_wrap_casting(module, original_dtype, original_dtype))
+                hooks.cast(module, original_dtype, original_dtype)
             elif name and not any(name.startswith(k + ".") for k in kept) and \
                     any(True for _ in module.parameters(recurse=False)):
-                undos.append(_wrap_casting(module, dtype, dtype))
+                hooks.cast(module, dtype, dtype)
     # inputs cast to the compute dtype; the output comes back in it (pipelines read denoiser.dtype)
-    undos.append(_wrap_casting(denoiser, dtype, dtype, min_ndim=2))
+    hooks.cast(denoiser, dtype, dtype, min_ndim=2)
     return {"dtype": str(dtype), "kept_fp32": keep}
 
 
@@ -323,10 +342,10 @@ def apply_quantize(pipe, config: QuantizeConfig) -> Handle:
     if config.mode == "fp32":
         return Handle(config, lambda: None, info={"changed": []})
     state = snapshot(denoiser)
-    undos: list = []
+    hooks = _Hooks()
     try:
         if config.mode in ("bf16", "fp16"):
-            info = _apply_precision(pipe, denoiser, config, undos)
+            info = _apply_precision(pipe, denoiser, config, hooks)
         elif config.mode == "int8_dynamic" and (config.backend == "torch_ao" or
                                                 (config.backend == "auto" and device.type == "cpu")):
             info = _apply_torch_ao(pipe, denoiser, config)
@@ -335,14 +354,17 @@ def apply_quantize(pipe, config: QuantizeConfig) -> Handle:
             info = _apply_torchao(pipe, denoiser, config)
             info["backend"] = "torchao"
     except BaseException:
-        for fn in reversed(undos):
-            fn()
+        hooks.take_off()
         restore(state)
         raise
+    applied = snapshot(denoiser)   # the quantised state, to swap back in on resume
 
     def undo() -> None:
-        for fn in reversed(undos):
-            fn()
+        hooks.take_off()
         restore(state)
+
+    def resume() -> None:
+        restore(applied)
+        hooks.put_on()
     info["exclude"] = list(config.exclude)
-    return Handle(config, undo, info=info)
+    return Handle(config, undo, info=info, suspend=undo, resume=resume)

@@ -17,6 +17,7 @@ from ground.hooks import add_call_hook, replace_attribute
 HOOK = "planner.sampler"
 
 SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "flow_euler")
+KEEP = "keep"   # the pipeline's own scheduler, steps pinned (for models whose schedule must not change)
 FLOW_SAMPLERS = ("flow_euler",)
 
 
@@ -25,7 +26,7 @@ class SamplerConfig(TechniqueConfig):
     version = 1
     stage = STAGE_SAMPLER
 
-    name: Literal["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "flow_euler"] = "dpmpp_2m"
+    name: Literal["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "flow_euler", "keep"] = "dpmpp_2m"
     steps: int = Field(20, ge=1, le=1000)
     spacing: Literal["leading", "trailing", "linspace"] = "trailing"
     karras: bool = False
@@ -44,8 +45,10 @@ class SamplerConfig(TechniqueConfig):
     def _consistent(self):
         if self.timesteps is not None and len(self.timesteps) != self.steps:
             raise ValueError(f"steps ({self.steps}) must equal len(timesteps) ({len(self.timesteps)})")
-        if self.karras and self.name in ("ddim", "flow_euler"):
+        if self.karras and self.name in ("ddim", "flow_euler", KEEP):
             raise ValueError(f"karras sigmas are not supported by {self.name}")
+        if self.name == KEEP and self.timesteps is not None:
+            raise ValueError("keep pins the pipeline's own scheduler to `steps`; it takes no timesteps")
         return self
 
 
@@ -60,6 +63,8 @@ def available_samplers(pipe) -> tuple[str, ...]:
 def build_scheduler(pipe, config: SamplerConfig):
     import diffusers
 
+    if config.name == KEEP:
+        return pipe.scheduler
     base = dict(pipe.scheduler.config)
     if config.name == "flow_euler":
         if not is_flow_matching(pipe):
@@ -134,8 +139,10 @@ def apply_sampler(pipe, config: SamplerConfig) -> Handle:
         if max(config.timesteps) >= scheduler.config.num_train_timesteps:
             raise ConfigError(f"params.timesteps: must be below {scheduler.config.num_train_timesteps}")
         overrides = {"num_inference_steps": None, "timesteps": list(config.timesteps)}
-    _drop_foreign_step_kwargs(scheduler)
     undo_call = pin_call_arguments(pipe, overrides, HOOK)
+    if config.name == KEEP:
+        return Handle(config, undo_call, info={"scheduler": type(scheduler).__name__})
+    _drop_foreign_step_kwargs(scheduler)
     undo_scheduler = replace_attribute(pipe, "scheduler", scheduler, HOOK)
 
     def undo() -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from ground.errors import PlannerError, printable
+from ground.schema import StrictModel
 
 # Application order: the sampler fixes the step grid that cache schedules index; quantisation and token
 # merging change the modules that caches wrap; compilation comes last so cache decisions stay outside it.
@@ -29,8 +30,8 @@ class NotApplicable(PlannerError):
     """A technique that cannot act on this pipeline (a UNet-only method on a transformer, say)."""
 
 
-class TechniqueConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TechniqueConfig(StrictModel):
+    """Frozen, unknown fields forbidden, no look-alike values (`true` is not a step count), finite numbers."""
 
     type: ClassVar[str] = ""
     version: ClassVar[int] = 1
@@ -49,30 +50,73 @@ class TechniqueConfig(BaseModel):
 
 
 class Handle:
-    """Undo record of one applied technique. `remove()` is idempotent."""
+    """Undo record of one applied technique. `remove()` is idempotent.
 
-    def __init__(self, config: TechniqueConfig, undo: Callable[[], None], info: dict | None = None) -> None:
+    `suspend()` puts the pipeline back as it was without forgetting the technique, `resume()` puts the
+    technique back: the search times the baseline and the candidate on one pipeline this way. A handler
+    that can swap its state cheaply passes `suspend`/`resume` (quantisation swaps weights, compilation
+    its compiled code); otherwise suspending removes the technique and resuming applies it afresh.
+    """
+
+    def __init__(self, config: TechniqueConfig, undo: Callable[[], None], info: dict | None = None, *,
+                 suspend: Callable[[], None] | None = None, resume: Callable[[], None] | None = None) -> None:
         self.config = config
         self.info = info or {}
         self._undo = undo
+        self._suspend, self._resume = suspend, resume
+        self.pipe = None           # set by `apply`
         self.removed = False
+        self.suspended = False
 
     def remove(self) -> None:
-        if not self.removed:
-            self._undo()
-            self.removed = True
+        if self.removed:
+            return
+        if self.suspended and self._suspend is None:
+            self.removed = True    # already undone by suspend()
+            return
+        if self.suspended:
+            self._resume()         # a swapped-out state is restored the normal way
+        self._undo()
+        self.removed = True
+
+    def suspend(self) -> None:
+        if self.removed or self.suspended:
+            return
+        (self._suspend or self._undo)()
+        self.suspended = True
+
+    def resume(self) -> None:
+        if self.removed or not self.suspended:
+            return
+        if self._resume is not None:
+            self._resume()
+        else:
+            fresh = apply(self.pipe, self.config)
+            self._undo, self._suspend, self._resume = fresh._undo, fresh._suspend, fresh._resume
+            self.info.clear()
+            self.info.update(fresh.info)
+        self.suspended = False
 
 
 class CompositeHandle(Handle):
-    """Several handles, removed in reverse order of application."""
+    """Several handles: removed and suspended in reverse order of application, resumed in order."""
 
     def __init__(self, handles: list[Handle]) -> None:
         self.handles = handles
-        super().__init__(config=None, undo=self._remove_all)  # type: ignore[arg-type]
+        super().__init__(config=None, undo=self._remove_all, suspend=self._suspend_all,  # type: ignore[arg-type]
+                         resume=self._resume_all)
 
     def _remove_all(self) -> None:
         for handle in reversed(self.handles):
             handle.remove()
+
+    def _suspend_all(self) -> None:
+        for handle in reversed(self.handles):
+            handle.suspend()
+
+    def _resume_all(self) -> None:
+        for handle in self.handles:
+            handle.resume()
 
 
 _REGISTRY: dict[str, tuple[type[TechniqueConfig], Callable[[Any, TechniqueConfig], Handle]]] = {}
@@ -165,7 +209,9 @@ def apply(pipe, config: TechniqueConfig) -> Handle:
     reason = why_not_applicable(pipe, config)
     if reason:
         raise NotApplicable(f"{config.type} cannot apply to {type(pipe).__name__}: {reason}")
-    return _REGISTRY[config.type][1](pipe, config)
+    handle = _REGISTRY[config.type][1](pipe, config)
+    handle.pipe = pipe
+    return handle
 
 
 def apply_all(pipe, configs: list[TechniqueConfig]) -> CompositeHandle:

@@ -14,15 +14,17 @@ bench.gpu_models (SD1.5 UNet, PixArt-alpha, a 12-block FLUX; seeded random weigh
    the bf16 run and relative L2 of the final latents against it (same seeds); `handle.remove()` after each;
 4. `planner optimize ... tiny-sd` then `planner gate` on its plan (subprocesses with timeouts);
 5. predicted vs measured: profile-based prediction for the caches, the plan's counted work vs its timing;
-6. torch.compile regional / whole, default and reduce-overhead (CUDA graphs), build time apart from latency.
+6. torch.compile regional / whole, default and reduce-overhead (CUDA graphs), build time apart from latency
+   (regional-default runs before step 4, the costlier variants last; `--skip PATTERN` drops sections).
 The JSON (`--out`) is rewritten atomically after every section; a summary table is printed last.
 `--device cpu --tiny` is the CPU dry run (tests/bench/test_gpu_dryrun.py): tiny configs, 8 steps, compile
 through dynamo's eager backend (no inductor codegen; `--tiny-inductor` to use inductor).
-TensorRT is not measured: its wheels do not fit the 64 MiB working tree that reaches the GPU machine.
+TensorRT is not measured: its libraries cannot travel in the 64 MiB working tree that reaches the GPU machine.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import signal
@@ -64,8 +66,8 @@ class Bench:
         self.doc: dict = {"schema": "planner.bench.gpu", "version": 1, "args": vars(args),
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "environment": environment(self.device), "sections": {}, "models": {},
-                          "unavailable": {"tensorrt": "not measured: TensorRT wheels do not fit the 64 MiB "
-                                                      "working tree that reaches the GPU machine"}}
+                          "unavailable": {"tensorrt": "not measured: the TensorRT libraries cannot travel in the "
+                                                      "64 MiB working tree (and the GPU machine has no network)"}}
         self.lock = threading.Lock()
         self.torchao_error = self.doc["environment"].get("torchao_error")
 
@@ -88,6 +90,7 @@ class Bench:
         entry = {"status": "ok"}
         with self.lock:
             self.doc["sections"][name] = entry
+        missing = missing or next((f"--skip {p}" for p in self.args.skip if fnmatch.fnmatch(name, p)), None)
         if missing:
             entry.update(status="skipped", reason=missing)
             print(f"[gpu] {name}: skipped ({missing})", flush=True)
@@ -285,8 +288,9 @@ class Bench:
             row.update(ms=ms, ms_all=[r[1] for r in runs], warmup_ms=first, speedup=st["ref_ms"] / ms,
                        rel_l2=rel_l2(runs[-1][0], st["ref"]))
             info = handle.info
-            if "build_s" in info:
-                row["build_s"] = info["build_s"]
+            for key in ("setup_s", "build_s"):   # compile: first denoiser call (compile + one call), s
+                if info.get(key) is not None:
+                    row["build_s"], row["build_key"] = info[key], key
             runtime = info.get("runtime")
             if runtime is not None:
                 row["stats"] = dict(runtime.stats) | {f"blocks_{k}": v for k, v in
@@ -311,7 +315,10 @@ class Bench:
         return row
 
     def optimize(self) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:   # the plan's text goes into the JSON
+            self._optimize(Path(tmp))
+
+    def _optimize(self, tmp: Path) -> None:
         env = dict(os.environ, PLANNER_CACHE=str(tmp / "cache"), PYTHONUNBUFFERED="1")
         threads = ["--threads", "1"] if not self.cuda else []
         plan = tmp / "plan.yaml"
@@ -325,7 +332,7 @@ class Bench:
             gate = ["--samples", "24"]
         cmd = [sys.executable, "-m", "planner.cli", "optimize", "--device", dev, "--budget", "psnr>=30", "tiny-sd",
                *opt, "--out", str(plan)]
-        res = self.doc["optimize"] = run_cli(cmd, env, max(5.0, min(120 if self.tiny else 200, self.left() - 5)), ROOT)
+        res = self.doc["optimize"] = run_cli(cmd, env, max(5.0, min(120 if self.tiny else 150, self.left() - 5)), ROOT)
         if plan.exists():
             import yaml
             text = plan.read_text()
@@ -333,7 +340,7 @@ class Bench:
             res.update(plan_yaml=text, speedup=measured.get("speedup"), work_ratio=measured.get("work_ratio"),
                        latency_ratio=(1 / measured["speedup"]) if measured.get("speedup") else None)
             cmd = [sys.executable, "-m", "planner.cli", "gate", str(plan), "--device", dev, *gate]
-            g = self.doc["gate"] = run_cli(cmd, env, max(5.0, min(60 if self.tiny else 120, self.left() - 5)), ROOT)
+            g = self.doc["gate"] = run_cli(cmd, env, max(5.0, min(60 if self.tiny else 90, self.left() - 5)), ROOT)
             g["verdict"] = "PASS" if "gate: PASS" in g["tail"] else ("FAIL" if "gate: FAIL" in g["tail"] else None)
         else:
             self.doc["gate"] = {"skipped": f"no plan written (optimize exit code {res['returncode']})"}
@@ -347,6 +354,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (the CPU dry run)")
     parser.add_argument("--models", nargs="+", default=["sd15", "pixart", "flux"])
+    parser.add_argument("--skip", nargs="+", default=[], metavar="PATTERN",
+                        help="skip sections whose name matches (fnmatch), e.g. optimize 'flux.*' '*.compile_whole_ro'")
     parser.add_argument("--tiny-inductor", action="store_true",
                         help="--tiny: compile with inductor (10-60 s a compile on CPU), not dynamo's eager backend")
     args = parser.parse_args(argv)
@@ -387,25 +396,26 @@ def main(argv=None) -> int:
         b.section(f"{name}.profiler", 6 * cpu_s, lambda: b.profile(name), missing)
         tech = [(t, (lambda t=t: technique_config(t))) for t in TECHNIQUES]
         b.section(f"{name}.techniques", 10 * cpu_s, lambda: b.techniques(name, tech), missing)
-    b.section("optimize", 30 if args.tiny else 90, b.optimize)
-    b.section("prediction", 0, lambda: predict(b.doc, b.state, b.steps))
     from backends.compile import CompileConfig
-    for scope, mode in COMPILES:
+
+    def compile_round(scope: str, mode: str) -> None:
         for name in args.models:
             label = f"compile_{scope}" + ("" if mode == "default" else "_ro")
             make = (lambda s=scope, m=mode: CompileConfig(backend=f"torch_{s}", mode=m))
-            if mode == "reduce-overhead" and not b.cuda:
-                b.doc["sections"][f"{name}.{label}"] = {"status": "skipped", "reason": "CUDA graphs need a GPU"}
-                b.doc["models"].get(name, {}).get("techniques", {})[label] = {"skipped": "CUDA graphs need a GPU"}
-                continue
-            if args.tiny and name != "sd15":   # the same code path for every model; keep the dry run short
-                b.doc["sections"][f"{name}.{label}"] = {"status": "skipped",
-                                                        "reason": "tiny dry run: compile on sd15 only"}
-                b.doc["models"].get(name, {}).get("techniques", {})[label] = {"skipped": "tiny dry run"}
+            why = ("CUDA graphs need a GPU" if mode == "reduce-overhead" and not b.cuda else
+                   "tiny dry run: compile on sd15 only" if args.tiny and name != "sd15" else None)
+            if why:   # the same code path for every model: the dry run stays short
+                b.doc["sections"][f"{name}.{label}"] = {"status": "skipped", "reason": why}
+                b.doc["models"].get(name, {}).get("techniques", {})[label] = {"skipped": why}
                 continue
             missing = None if "ref" in b.state.get(name, {}) else f"{name}.techniques has no bf16 reference"
             b.section(f"{name}.{label}", 20 if args.tiny else 60,
                       lambda n=name, lab=label, mk=make: b.techniques(n, [(lab, mk)]), missing)
+    compile_round(*COMPILES[0])   # the cheapest compile first, then the CLI, then the costlier compiles
+    b.section("optimize", 30 if args.tiny else 90, b.optimize)
+    b.section("prediction", 0, lambda: predict(b.doc, b.state, b.steps))
+    for scope, mode in COMPILES[1:]:
+        compile_round(scope, mode)
     b.doc["complete"] = True
     b.write()
     print(summary(b.doc), flush=True)

@@ -124,11 +124,16 @@ def summary(doc: dict) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.append("technique cells: speed-up over the bf16 pipeline call, e = relative L2 of the final latents, "
-                 "b = compile build s; n/a = not applicable or failed, skip = budget or dry run (JSON has why)")
+    lines.append("cells: speed-up over the bf16 pipeline call, e = relative L2 of the final latents vs it, b = build "
+                 "s (compile: first call); n/a = not applicable or failed, skip = budget or dry run (JSON says why)")
+    caches = doc.get("prediction", {}).get("caches", {})
+    if caches:
+        lines.append("predicted/measured speed-up: " + ", ".join(
+            f"{k} {v['predicted_speedup']:.2f}/{v['measured_speedup']:.2f}" for k, v in caches.items()))
     opt, gate = doc.get("optimize", {}), doc.get("gate", {})
     lines.append(f"optimize rc={opt.get('returncode')} speed-up={opt.get('speedup')} work_ratio={opt.get('work_ratio')}"
-                 f"; gate rc={gate.get('returncode')} verdict={gate.get('verdict', gate.get('skipped'))}")
+                 f" (plan latency ratio {opt.get('latency_ratio')}); gate rc={gate.get('returncode')}"
+                 f" verdict={gate.get('verdict', gate.get('skipped'))}")
     return "\n".join(lines)
 
 
@@ -170,6 +175,11 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device),
                    capability=".".join(map(str, torch.cuda.get_device_capability(device))))
+    try:
+        import onnxruntime
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except Exception as exc:  # noqa: BLE001
+        env["onnxruntime_providers"] = one_line(exc)
     if importlib.util.find_spec("torchao") is None:
         env["torchao"] = env["torchao_error"] = "unavailable: torchao not packed"
     else:   # import it in a child first: a C++-extension ABI mismatch can abort the process

@@ -14,8 +14,8 @@ the in/out convolutions), i.e. the planner's own families `sampler`, `quant`, `c
   Optuna study, without the cost model (it is exhaustive), optionally split over worker processes. Its feasible points, fastest first, are then
   verified on unseen seeds by the function `planner optimize` uses; the first that holds is its best.
 * Planner: `planner.search.optimize.optimize` with default settings, restricted to the same space.
-* Both winners, each on its own pipeline, and the baseline are finally timed in rotating order within
-  every repeat, in one session (the speed-ups reported at the top level, and their ratio measured per
+* Both winners and the baseline are finally timed in rotating order within every repeat, in one session
+  (one pipeline per process throughout: the grid, the planner's search and the timing share it) (the speed-ups reported at the top level, and their ratio measured per
   repeat); the speed-ups each verification measured are kept beside them.
 
 Results: bench/results/oracle.json or oracle-large.json (`--update-readme` also writes the summary line into README.md).
@@ -91,23 +91,23 @@ def _evaluation_dict(evaluation) -> dict:
             for r in evaluation.results if r.measured is not None}
 
 
-def run_oracle(settings, points: list[dict], log, workers: int = 1) -> tuple[dict, object, object]:
+def run_oracle(settings, points: list[dict], log, workers: int = 1, pipe=None) -> tuple[dict, object, object]:
     """Every grid point as a planner trial, then the planner's verification. Returns (report, ctx, best configs)."""
     from backends.technique import config_from_dict
-    from planner.search.optimize import feasible_trials, verify_fastest
+    from planner.search.verify import feasible_trials, verify_fastest
 
-    grid = evaluate_grid(settings, points, log, workers=workers)
+    grid = evaluate_grid(settings, points, log, workers=workers, pipe=pipe)
     study, ctx = grid.study, grid.ctx
     start = time.time()
-    feasible = feasible_trials(study)
-    verified, verifications = verify_fastest(ctx, grid.objective, feasible, grid.baseline_flops, log)
+    feasible = feasible_trials(study, settings.baseline_steps)
+    verified, verifications = verify_fastest(ctx, grid.objective, feasible, log)
     best = None
     if verified is not None:
-        trial, evaluation, latency, work_ratio, _ = verified
+        trial, latency = verified.trial, verified.latency
         best = {"trial": trial.number, "label": short_label(trial.user_attrs["techniques"]), "params": trial.params,
                 "techniques": trial.user_attrs["techniques"], "search_speedup": trial.user_attrs["speedup"],
                 "verified_speedup": latency.speedup, "verified_speedup_ci": list(latency.speedup_ci),
-                "work_ratio": work_ratio, "verification": _evaluation_dict(evaluation)}
+                "work_ratio": verified.work_ratio, "verification": _evaluation_dict(verified.evaluation)}
     states = [t.state.name for t in study.trials]
     report = {"evaluations": len(study.trials), "verifications": verifications, "workers": grid.workers,
               "search_s": grid.seconds, "verify_s": time.time() - start,
@@ -122,8 +122,9 @@ def run_oracle(settings, points: list[dict], log, workers: int = 1) -> tuple[dic
     return report, ctx, configs
 
 
-def run_planner(settings, log) -> tuple[dict, list | None]:
-    """`planner optimize` with default settings on the restricted space, in a fresh study."""
+def run_planner(settings, log, pipe=None) -> tuple[dict, list | None]:
+    """`planner optimize` with default settings on the restricted space, in a fresh study, on `pipe` (the
+    grid's pipeline: one per process; the search leaves it as it found it) or on a pipeline it loads."""
     import optuna
 
     from ground.errors import BudgetNotMet
@@ -140,7 +141,7 @@ def run_planner(settings, log) -> tuple[dict, list | None]:
         start = time.time()
         try:
             own = dataclasses.replace(settings, storage=storage, out=f"{tmp}/planner.plan.yaml")
-            result = optimize(own, log=collect)
+            result = optimize(own, pipe=pipe, log=collect)
             message = ""
         except BudgetNotMet as exc:
             result, message = None, str(exc)
@@ -168,32 +169,31 @@ def run_planner(settings, log) -> tuple[dict, list | None]:
 
 
 def side_by_side(ctx, configs_by_name: dict, repeats: int) -> dict:
-    """The baseline and each winner on its own pipeline, timed in rotating order within every repeat, in one
-    session: per-repeat ratios cancel the machine's drift, and oracle/planner is measured directly."""
+    """The baseline and each winner, timed in rotating order within every repeat, in one session: per-repeat
+    ratios cancel the machine's drift, and oracle/planner is measured directly. One pipeline (the context's):
+    before each of a winner's timed runs its techniques are applied and the batch run once untimed (a
+    warm-up, as the search does before timing); they are removed after it."""
     import numpy as np
 
     from backends.technique import apply_all
-    from planner.models import load_pipeline
     from planner.search.latency import timed, median_ci
 
-    runs, handles = {"baseline": ctx.run_baseline_batch}, []
-    try:
-        for name, configs in configs_by_name.items():
-            if configs is None:
-                continue
-            pipe = ctx.cand_pipe if len(runs) == 1 else load_pipeline(ctx.settings.model)
-            handles.append(apply_all(pipe, configs))
-            runs[name] = lambda pipe=pipe: ctx.run_candidate_batch(pipe)
-        for name, run in runs.items():
-            if name != "baseline":
-                run()   # warm-up
-        order, times = list(runs), {name: [] for name in runs}
-        for i in range(repeats):
-            for name in order[i % len(order):] + order[:i % len(order)]:
-                times[name].append(timed(runs[name]))
-    finally:
-        for h in handles:
-            h.remove()
+    def winner(configs):
+        def run():
+            handle = apply_all(ctx.pipe, configs)
+            try:
+                ctx.run_candidate_batch()   # warm-up, untimed
+                return timed(ctx.run_candidate_batch)
+            finally:
+                handle.remove()
+        return run
+
+    runs = {"baseline": lambda: timed(ctx.run_baseline_batch)}
+    runs.update({name: winner(configs) for name, configs in configs_by_name.items() if configs is not None})
+    order, times = list(runs), {name: [] for name in runs}
+    for i in range(repeats):
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            times[name].append(runs[name]())
 
     base = np.asarray(times["baseline"])
     out = {name: None for name in configs_by_name}
@@ -251,8 +251,7 @@ def main(argv=None) -> int:
     extra = {}
     if args.quick:
         grid = QUICK_GRID
-        extra = dict(samples=16, cheap_samples=8, verify_samples=16, baseline_steps=10, batch=2, latency_repeats=1,
-                     trials=2)
+        extra = dict(samples=16, verify_samples=16, baseline_steps=10, batch=2, latency_repeats=1, trials=2)
     if args.trials:
         extra["trials"] = args.trials
     pipe = load_pipeline(args.model)
@@ -260,15 +259,15 @@ def main(argv=None) -> int:
     problem = unsearchable(pipe, space, points)
     if problem:
         parser.error(f"grid: {problem}")
-    settings = SearchSettings(model=args.model, budget=args.budget, techniques=FAMILIES, space=space,
+    settings = SearchSettings(name=args.model, budget=args.budget, techniques=FAMILIES, space=space,
                               threads=args.threads, command="python -m bench.oracle", **extra)
     log(f"[oracle] {len(points)} grid points on {args.model}, budget {args.budget}")
-    oracle, ctx, oracle_configs = run_oracle(settings, points, log, workers=args.workers)
+    oracle, ctx, oracle_configs = run_oracle(settings, points, log, workers=args.workers, pipe=pipe)
     if not oracle["states"].get("COMPLETE"):
         log(f"[oracle] no grid point completed ({oracle['states']}); see the first failure above")
         return 1
     log(f"[oracle] now the planner on the same space ({settings.trials} trials)")
-    planner, planner_configs = run_planner(settings, log)
+    planner, planner_configs = run_planner(settings, log, pipe=ctx.pipe)
     repeats = max(9, settings.latency_repeats) if not args.quick else 1
     side = side_by_side(ctx, {"oracle": oracle_configs, "planner": planner_configs}, repeats)
     if planner["plan"]:

@@ -1,10 +1,14 @@
 """The oracle's exhaustive grid: every point one trial of the planner's own `Objective`, in this process or
 split over worker processes (one torch thread each), merged back into one in-memory Optuna study.
 
+Every process holds one pipeline: its search context's (the planner's own one-pipeline design: a trial
+applies its techniques to it and suspends them to time the baseline beside it).
+
 A worker is `python -m bench.oracle_grid SETTINGS.json POINTS.json OUT.json`; the parent builds the search
-context first, so the baseline images are in the disk cache before any worker starts and no two workers
-generate them. Points are dealt round-robin (the grid is in product order, so each worker gets a similar
-mix of cheap and expensive points).
+context first and generates the baseline's images on the search seeds up to the search's largest sample
+size (the context makes them lazily, per row, into the disk cache), so no two workers generate them. Points
+are dealt round-robin (the grid is in product order, so each worker gets a similar mix of cheap and
+expensive points).
 """
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ class Grid:
     seconds: float
 
 
-def setup(settings):
-    """The planner's own search context and objective, without the cost model (the grid is exhaustive)."""
-    from ground.anatomy import denoiser_of
+def setup(settings, pipe=None):
+    """The planner's own search context and objective on one pipeline (`pipe`, or the model loaded here),
+    without the cost model (the grid is exhaustive)."""
+    from ground.anatomy import anatomy_of
     from ground.identity import fingerprint
     from planner.models import load_pipeline
     from planner.quality.budget import parse_budget
@@ -42,12 +47,21 @@ def setup(settings):
     from planner.search.optimize import _profile_provider
     from planner.search.work import flops_of
 
-    base, cand = load_pipeline(settings.model), load_pipeline(settings.model)
-    ctx = SearchContext(settings, parse_budget(settings.budget), base, cand, fingerprint(denoiser_of(base)))
+    pipe = pipe if pipe is not None else load_pipeline(settings.name)
+    ctx = SearchContext(settings=settings, budget=parse_budget(settings.budget), pipe=pipe,
+                        fingerprint=fingerprint(anatomy_of(pipe).denoiser))
     baseline_flops = flops_of(ctx.run_baseline_batch)
-    objective = Objective(context=ctx, families=list(FAMILIES), profile_for=_profile_provider(cand, ctx),
+    objective = Objective(context=ctx, families=list(FAMILIES), profile_for=_profile_provider(pipe, ctx), fixed=None,
                           cost_model=None, baseline_flops=baseline_flops)
     return ctx, objective, baseline_flops
+
+
+def baseline_ready(ctx) -> int:
+    """The baseline's images on the search seeds, as many as the search's largest sample size: generated
+    once here (into the disk cache) before the workers start. Returns how many."""
+    n = len(ctx.requests["search"])
+    ctx.baseline_images("search", n)
+    return n
 
 
 def _run_points(objective, points: list[dict], seed: int, log, tag: str, total: int | None = None):
@@ -93,11 +107,13 @@ def _settings_from(data: dict):
     return SearchSettings(**dict(data, techniques=tuple(data["techniques"])))
 
 
-def evaluate_grid(settings, points: list[dict], log, workers: int = 1) -> Grid:
+def evaluate_grid(settings, points: list[dict], log, workers: int = 1, pipe=None) -> Grid:
     import optuna
 
     start = time.time()
-    ctx, objective, baseline_flops = setup(settings)
+    ctx, objective, baseline_flops = setup(settings, pipe)
+    if workers > 1:
+        log(f"[oracle] baseline images on {baseline_ready(ctx)} search seeds ready for the workers")
     if workers <= 1:
         study = _run_points(objective, points, settings.seed, log, "oracle")
         return Grid(study, ctx, objective, baseline_flops, 1, time.time() - start)

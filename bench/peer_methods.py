@@ -2,7 +2,10 @@
 
 A `Peer` has a label, its parameters and `setup(pipe, env) -> undo`, which accelerates a freshly loaded
 pipeline in place the way the package's documentation says to, or raises `Unavailable(reason)` when the
-method cannot act on that model (the row is then listed with the reason, not dropped).
+method cannot act on that model (the row is then listed with the reason, not dropped). `all_peers` are the
+default recipes; `tunables` the same peers with the one knob a user tunes (its grid, safest value first,
+and its default as the first probe); `stack_peer` the hand stack; `plan_peer` a plan applied with
+`planner.apply`.
 
 Two pieces of glue stand between a package and a pipeline that does not follow its conventions, and
 neither changes what the method computes:
@@ -22,6 +25,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -39,8 +43,10 @@ class Unavailable(Exception):
 class Env:
     """What a setup may need besides the pipeline."""
 
-    steps: int                                   # denoiser calls per pipeline call at the baseline
+    steps: int                                   # denoiser calls per pipeline call (the baseline's, or a stack's)
     calibrate: Callable[[object], object]        # generates a small batch with a pipeline (MagCache)
+    memo: dict = field(default_factory=dict)     # calibrations already made (MagCache ratios per setting)
+    setting: str = ""                            # what was applied before the cache (keys `memo`)
 
 
 @dataclass(frozen=True)
@@ -86,17 +92,18 @@ def _transformer(pipe, method: str):
 
 # ------------------------------------------------------------------------------------- fewer steps
 
-def _steps(name: str, steps: int) -> Callable:
+def _steps(name: str, steps: int, spacing: str | None = None) -> Callable:
+    """`spacing` None: the model's own, as `Scheduler.from_config(pipe.scheduler.config)` keeps it (the
+    default recipes); the tuned rows set "trailing", as a user tuning the step count would."""
     def setup(pipe, env):
         import backends
         from backends.sampler import SamplerConfig
         from backends.technique import NotApplicable
 
-        # `Scheduler.from_config(pipe.scheduler.config)` keeps the model's own timestep spacing: so do we.
-        spacing = dict(pipe.scheduler.config).get("timestep_spacing", "leading")
-        spacing = spacing if spacing in ("leading", "trailing", "linspace") else "leading"
+        own = dict(pipe.scheduler.config).get("timestep_spacing", "leading")
+        own = own if own in ("leading", "trailing", "linspace") else "leading"
         try:
-            return backends.apply(pipe, SamplerConfig(name=name, steps=steps, spacing=spacing)).remove
+            return backends.apply(pipe, SamplerConfig(name=name, steps=steps, spacing=spacing or own)).remove
         except NotApplicable as exc:
             raise Unavailable(str(exc)) from None
     return setup
@@ -215,7 +222,15 @@ def _apply_hook(transformer, hooks, config) -> None:
 
 
 def _mag_ratios(pipe, transformer, hooks, env) -> list[float]:
-    """MagCache's documented calibration: one run with `calibrate=True`, which prints the ratios."""
+    """MagCache's documented calibration: one run with `calibrate=True`, which prints the ratios (once per
+    setting: a threshold sweep reuses them, as a user would)."""
+    key = ("magcache", env.steps, env.setting)
+    if key not in env.memo:
+        env.memo[key] = _calibrate_mag_ratios(pipe, transformer, hooks, env)
+    return env.memo[key]
+
+
+def _calibrate_mag_ratios(pipe, transformer, hooks, env) -> list[float]:
     _apply_hook(transformer, hooks, hooks.MagCacheConfig(calibrate=True, num_inference_steps=env.steps))
     printed = io.StringIO()
     try:
@@ -280,9 +295,11 @@ def _taylorseer(identifiers=None):
     return lambda hooks, driver, env, pipe, tr: hooks.TaylorSeerCacheConfig(cache_identifiers=identifiers)
 
 
-def _magcache(hooks, driver, env, pipe, tr):
-    ratios = _mag_ratios(pipe, tr, hooks, env)
-    return hooks.MagCacheConfig(mag_ratios=ratios, num_inference_steps=env.steps)
+def _magcache(threshold: float = 0.06):
+    def make(hooks, driver, env, pipe, tr):
+        ratios = _mag_ratios(pipe, tr, hooks, env)
+        return hooks.MagCacheConfig(threshold=threshold, mag_ratios=ratios, num_inference_steps=env.steps)
+    return make
 
 
 # ----------------------------------------------------------------------------------------- cache-dit
@@ -355,11 +372,14 @@ def _plan_label(path: Path) -> tuple[str, dict]:
 ATTN_IDS = r"^(single_)?transformer_blocks\.\d+\.attn\d?"   # every block attention, whatever its suffix
 
 
-def all_peers(model: str, plans_dir: Path) -> list[Peer]:
-    """The same list for every model: those that cannot act on it are listed with the reason."""
+def plan_peer(path: Path) -> Peer:
+    method, params = _plan_label(path)
+    return Peer(method, "plan", "planner", params, _plan(path))
+
+
+def all_peers(model: str) -> list[Peer]:
+    """The default recipes, the same list for every model: those that cannot act on it are listed with the reason."""
     diffusers = version("diffusers")
-    plan_path = plans_dir / f"{model}.yaml"
-    plan_method, plan_params = _plan_label(plan_path)
     return [
         Peer("DPM-Solver++ 2M, 20 steps", "steps", diffusers, {"sampler": "dpmpp_2m", "steps": 20},
              _steps("dpmpp_2m", 20)),
@@ -382,9 +402,155 @@ def all_peers(model: str, plans_dir: Path) -> list[Peer]:
         Peer("TaylorSeer (diffusers), attn1/attn2 matched", "cache", diffusers, {"cache_identifiers": [ATTN_IDS]},
              _diffusers_cache("TaylorSeerCacheConfig", _taylorseer([ATTN_IDS]))),
         Peer("MagCache", "cache", diffusers, {"threshold": 0.06, "mag_ratios": "calibrated (1 run)"},
-             _diffusers_cache("MagCacheConfig", _magcache)),
+             _diffusers_cache("MagCacheConfig", _magcache())),
         Peer("cache-dit DBCache (default F8B0)", "cache", version("cache-dit"), {"defaults": True}, _cache_dit()),
         Peer("cache-dit DBCache F1B0", "cache", version("cache-dit"), {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0},
              _cache_dit(Fn_compute_blocks=1, Bn_compute_blocks=0)),
-        Peer(plan_method, "plan", "planner", plan_params, _plan(plan_path)),
     ]
+
+
+# ------------------------------------------------------------------------------------- tuned peers
+
+def _teacache(threshold: float) -> Callable:
+    """TeaCache has no package that acts on diffusers pipelines (its scripts patch one model class each; the
+    PyPI packages are MLX ports): the planner's own TeaCache stands in, without a profile, i.e. with its
+    identity polynomial: uncalibrated for this model, as a user running a TeaCache script with the
+    coefficients it ships for another model is. No cap on consecutive skips (the scripts have none)."""
+    def setup(pipe, env):
+        import backends
+        from backends.caching.teacache import TeaCacheConfig
+        from backends.technique import NotApplicable
+
+        _transformer(pipe, "TeaCache")
+        try:
+            return backends.apply(pipe, TeaCacheConfig(threshold=threshold, max_skips=100, coefficients=None)).remove
+        except NotApplicable as exc:
+            raise Unavailable(str(exc)) from None
+    return setup
+
+
+def geometric_grid(start: float, low: float, high: float, per_decade: int = 6) -> tuple[float, ...]:
+    """start * f^k for every integer k that stays in [low, high], f = 10^(1/per_decade): the grid holds the
+    package's default exactly, and one notch is a factor f (1.47 at 6 per decade)."""
+    f = 10 ** (1 / per_decade)
+    k_low = math.ceil(math.log(low / start) / math.log(f) - 1e-9)
+    k_high = math.floor(math.log(high / start) / math.log(f) + 1e-9)
+    return tuple(float(f"{start * f ** k:.3g}") for k in range(k_low, k_high + 1))
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """A peer with the one knob a user would tune. `grid` runs from the safest value (best quality) to the
+    most aggressive; quality is assumed to fall monotonically along it (the sweep bisects)."""
+
+    name: str
+    family: str                   # steps | cache | tokens
+    knob: str
+    grid: tuple
+    start: float                  # the default recipe's value: where a user starts, the sweep's first probe
+    package: str
+    make: Callable = None         # value -> setup(pipe, env)
+    fixed: dict = field(default_factory=dict)   # parameters the sweep leaves at the package's defaults
+    scale: str = "log"            # bisection midpoints: geometric (log) or arithmetic (linear) in the value
+    note: str = ""
+    compile_docs: str = ""        # where the package's docs recommend torch.compile with it (the hand stack adds it)
+
+    def index(self, value) -> int:
+        return min(range(len(self.grid)), key=lambda i: abs(self.grid[i] - value))
+
+    def describe(self, value) -> str:
+        if self.knob == "steps":
+            return f"{value} steps"
+        return f"{self.knob.replace('_', ' ')} {value:g}"
+
+    def peer(self, value, kind: str = "tuned") -> Peer:
+        return Peer(f"{self.name}, {kind}: {self.describe(value)}", self.family, self.package,
+                    dict(self.fixed, **{self.knob: value}), self.make(value))
+
+
+def tunables(baseline_steps: int) -> list[Tunable]:
+    """Every peer with its knob, the same list for every model (those that cannot act on it say why)."""
+    diffusers = version("diffusers")
+    steps = tuple(range(baseline_steps, 1, -1))   # safest first: the baseline's count down to 2
+
+    def sampler(name, label, start):
+        return Tunable(label, "steps", "steps", steps, min(start, baseline_steps), diffusers,
+                       lambda k, name=name: _steps(name, int(k), "trailing"), {"sampler": name, "spacing": "trailing"},
+                       note="the pipeline's scheduler config, trailing spacing (backends.sampler.SamplerConfig)")
+
+    cache_dit = dict(Fn_compute_blocks=1, Bn_compute_blocks=0)
+    return [
+        sampler("dpmpp_2m", "DPM-Solver++ 2M", 20),
+        sampler("unipc", "UniPC", 20),
+        sampler("ddim", "DDIM", 25),
+        sampler("euler", "Euler", 20),
+        Tunable("DeepCache", "cache", "cache_interval", tuple(range(2, 11)), 3, version("DeepCache"),
+                lambda k: _deepcache(int(k), 0), {"cache_branch_id": 0}, scale="linear"),
+        Tunable("First Block Cache", "cache", "threshold", geometric_grid(0.08, 0.01, 1.0), 0.08, diffusers,
+                lambda t: _diffusers_cache("FirstBlockCacheConfig", _fbc(t)),
+                compile_docs="ParaAttention's First Block Cache docs pair it with torch.compile"),
+        Tunable("TeaCache", "cache", "rel_l1_thresh", geometric_grid(0.25, 0.05, 2.0), 0.25, "planner (stand-in)",
+                _teacache, {"coefficients": "none (identity)", "max_skips": 100},
+                note="no TeaCache package acts on diffusers pipelines: the planner's TeaCache without a profile"),
+        Tunable("MagCache", "cache", "threshold", geometric_grid(0.06, 0.01, 1.0), 0.06, diffusers,
+                lambda t: _diffusers_cache("MagCacheConfig", _magcache(t)), {"mag_ratios": "calibrated (1 run)"}),
+        Tunable("cache-dit DBCache F1B0", "cache", "residual_diff_threshold", geometric_grid(0.08, 0.01, 1.0), 0.08,
+                version("cache-dit"), lambda t: _cache_dit(**cache_dit, residual_diff_threshold=t), cache_dit,
+                compile_docs="cache-dit's docs pair DBCache with torch.compile"),
+        Tunable("tomesd", "tokens", "ratio", tuple(round(0.1 * i, 1) for i in range(1, 10)), 0.5, version("tomesd"),
+                _tomesd, scale="linear"),
+    ]
+
+
+def stack_peer(sampler: str | None, steps: int, cache: Tunable | None, value, bf16: bool, compile_: bool) -> Peer:
+    """The hand stack: the tuned sampler and step count (`sampler` None: no step count verified, so the
+    baseline's own scheduler and steps), the best cache peer at `value`, bf16, and regional torch.compile,
+    applied in the planner's order (sampler, precision, cache, compile) to one pipeline. The cache's setup
+    sees the stack's steps (MagCache is calibrated at them)."""
+    head = f"{sampler} {steps} steps" if sampler else f"baseline scheduler, {steps} steps"
+    parts = [head] + ([f"{cache.name} {cache.describe(value)}"] if cache else []) \
+        + (["bf16"] if bf16 else []) + (["torch.compile (regional)"] if compile_ else [])
+    params = {"sampler": sampler or "baseline's own", "steps": steps, "spacing": "trailing" if sampler else "own",
+              "bf16": bf16, "compile": compile_}
+    if cache is not None:
+        params.update({"cache": cache.name, cache.knob: value})
+
+    def setup(pipe, env):
+        import dataclasses
+
+        import backends
+        from backends.quantization import QuantizeConfig
+        from backends.sampler import SamplerConfig, pin_call_arguments
+
+        if sampler:
+            undo = [backends.apply(pipe, SamplerConfig(name=sampler, steps=steps, spacing="trailing")).remove]
+        else:
+            undo = [pin_call_arguments(pipe, {"num_inference_steps": steps}, "bench.stack.steps")]
+        try:
+            if bf16:
+                undo.append(backends.apply(pipe, QuantizeConfig(mode="bf16")).remove)
+            if cache is not None:
+                setting = f"{sampler or 'own'} {steps}" + (" bf16" if bf16 else "")
+                undo.append(cache.make(value)(pipe, dataclasses.replace(env, steps=steps, setting=setting)))
+            if compile_:
+                from backends.compile import CompileConfig
+
+                handle = backends.apply(pipe, CompileConfig(backend="torch_regional"))
+                env.memo.setdefault("compile_handles", []).append(handle)
+                undo.append(handle.remove)
+        except BaseException:
+            _undo_all(undo)
+            raise
+        return lambda: _undo_all(undo)
+    package = "planner backends (sampler, bf16, compile) + " + (cache.package if cache else "no cache")
+    return Peer(" + ".join(parts), "stack", package, params, setup)
+
+
+def _undo_all(undo: list) -> None:
+    """Best effort, last applied first: a package's undo may already have taken another's hooks with it
+    (diffusers' cache removal clears the whole hook registry); the pipeline is discarded anyway."""
+    for fn in reversed(undo):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            pass

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ground.errors import PlannerError
+from ground.errors import PlannerError, printable
 
 _UMASK: list[int] = []
 _UMASK_LOCK = threading.Lock()
@@ -94,7 +94,13 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str = "file") -> byt
 def check_writable(path: str | os.PathLike, what: str) -> Path:
     """Refuse, before any work, an output path that cannot be written: create its missing parent
     folders, and check that the folder is writable and the path is not a folder itself."""
-    path = Path(path)
+    try:
+        return _check_writable(Path(path), what)
+    except OSError as exc:   # a name too long, a component that is a file, ...
+        raise PlannerError(f"{what} {printable(path, 80)}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+
+
+def _check_writable(path: Path, what: str) -> Path:
     if path.is_dir():
         raise PlannerError(f"{what} {path}: is a folder; give a file name")
     parent = path.parent if str(path.parent) else Path(".")

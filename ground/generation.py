@@ -31,17 +31,45 @@ def num_classes(pipe) -> int | None:
 
 @dataclass(frozen=True)
 class Request:
-    """What to generate: one condition (class label, prompt or None) per seed."""
+    """What to generate: one condition (class label, prompt or None) per seed, and optionally per row a
+    negative prompt and an image size (height, width)."""
 
     conditions: tuple
     seeds: tuple[int, ...]
+    negative_prompts: tuple | None = None
+    sizes: tuple | None = None
 
     def __post_init__(self) -> None:
-        if len(self.conditions) != len(self.seeds):
+        n = len(self.seeds)
+        if len(self.conditions) != n:
             raise ValueError("conditions and seeds must have the same length")
+        for name in ("negative_prompts", "sizes"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} must have one entry per seed")
 
     def __len__(self) -> int:
         return len(self.seeds)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> "Request":
+        """The rows start..stop (a prefix, a chunk): the same pairs, so images pair up with the whole's."""
+        cut = slice(start, stop)
+        return Request(self.conditions[cut], self.seeds[cut],
+                       None if self.negative_prompts is None else self.negative_prompts[cut],
+                       None if self.sizes is None else self.sizes[cut])
+
+    def runs(self, batch_size: int):
+        """Consecutive chunks of at most `batch_size` rows with one image size each (one pipeline call)."""
+        start, n = 0, len(self)
+        while start < n:
+            stop = min(start + batch_size, n)
+            if self.sizes is not None:
+                end = start + 1
+                while end < stop and self.sizes[end] == self.sizes[start]:
+                    end += 1
+                stop = end
+            yield self.rows(start, stop)
+            start = stop
 
 
 def default_request(pipe, n: int, seed: int = 0) -> Request:
@@ -87,18 +115,23 @@ def native_resolution(pipe) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _call_kwargs(pipe, family: str, chunk_conditions: tuple, generators: list, steps: int | None,
+def _call_kwargs(pipe, family: str, chunk: Request, generators: list, steps: int | None,
                  guidance_scale: float | None, extra: dict) -> dict:
     params = inspect.signature(pipe.__call__).parameters
     kwargs = dict(extra)
+    if chunk.sizes is not None and chunk.sizes[0] is not None:
+        kwargs["height"], kwargs["width"] = chunk.sizes[0]
+    if chunk.negative_prompts is not None and any(p is not None for p in chunk.negative_prompts) \
+            and "negative_prompt" in params:
+        kwargs["negative_prompt"] = [p or "" for p in chunk.negative_prompts]
     if "height" in params and "width" in params and "height" not in kwargs and "width" not in kwargs:
         side = native_resolution(pipe)
         if side is not None:
             kwargs["height"] = kwargs["width"] = side
-            # Resolution binning (PixArt) snaps a requested size to the trained aspect-ratio bins;
-            # at the native size it is a no-op for real models and fails for non-standard ones.
-            if "use_resolution_binning" in params:
-                kwargs.setdefault("use_resolution_binning", False)
+    if "height" in kwargs and "use_resolution_binning" in params:
+        # Resolution binning (PixArt) snaps a requested size to the trained aspect-ratio bins; a size
+        # asked for is the size wanted (and binning fails for non-standard models).
+        kwargs.setdefault("use_resolution_binning", False)
     if "clean_caption" in params and "clean_caption" not in kwargs:
         # PixArt's caption cleaning needs bs4 and ftfy; without them the pipeline warns on every call
         # and skips it anyway, so skip it quietly.
@@ -112,9 +145,9 @@ def _call_kwargs(pipe, family: str, chunk_conditions: tuple, generators: list, s
     if guidance_scale is not None and "guidance_scale" in params:
         kwargs["guidance_scale"] = guidance_scale
     if family == "class":
-        kwargs["class_labels"] = list(chunk_conditions)
+        kwargs["class_labels"] = list(chunk.conditions)
     elif family == "text":
-        kwargs["prompt"] = list(chunk_conditions)
+        kwargs["prompt"] = list(chunk.conditions)
     elif "batch_size" in params:
         kwargs["batch_size"] = len(generators)
     kwargs["output_type"] = "np" if "output_type" in params else kwargs.get("output_type")
@@ -125,14 +158,14 @@ def _call_kwargs(pipe, family: str, chunk_conditions: tuple, generators: list, s
 def generate(pipe, request: Request, steps: int | None = None, guidance_scale: float | None = None,
              batch_size: int = 64, **extra) -> torch.Tensor:
     """Images in [0, 1] as a float tensor (N, C, H, W), one per (condition, seed) pair, on CPU."""
+    if len(request) == 0:
+        raise PlannerError("nothing to generate: the request has no (condition, seed) pairs")
     family = pipeline_family(pipe)
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", torch.device("cpu"))
     outputs = []
-    for start in range(0, len(request), batch_size):
-        seeds = request.seeds[start:start + batch_size]
-        conditions = request.conditions[start:start + batch_size]
-        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-        kwargs = _call_kwargs(pipe, family, conditions, generators, steps, guidance_scale, extra)
+    for chunk in request.runs(batch_size):
+        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in chunk.seeds]
+        kwargs = _call_kwargs(pipe, family, chunk, generators, steps, guidance_scale, extra)
         try:
             result = pipe(**kwargs)
         except TypeError as exc:

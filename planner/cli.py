@@ -5,15 +5,21 @@ import argparse
 import importlib
 import sys
 
-from ground.errors import PlannerError
+from ground.errors import PlannerError, printable
 
 # Order shown in `planner --help`; a command whose module is absent is simply not offered.
 COMMANDS = ("optimize", "profile", "generate", "evaluate", "run", "gate", "show", "validate", "plan_from_study")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2: no usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    def error(self, message: str):  # one printable line, exit 2: no usage dump
+        self.exit(2, f"{self.prog}: error: {printable(message, 2000)} (see --help)\n")
+
+    def _get_values(self, action, arg_strings):
+        # `--flag=--` reaches here as ["--"], which argparse turns into []: a missing value, say so.
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {action.option_strings[-1]}: expected one argument")
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PlannerError as exc:
-        print(f"planner: error: {exc}", file=sys.stderr)
+        print(f"planner: error: {printable(exc, 2000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("planner: interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ground.errors import PlannerError, first_line
+from ground.errors import PlannerError, first_line, printable
 from ground.files import read_bounded
 
 MAX_INDEX_BYTES = 1 << 20
@@ -28,14 +28,16 @@ class Builtin:
     name: str
     description: str
     load: Callable[[torch.dtype | None], object]   # dtype -> pipeline on CPU
+    pipeline: str | None = None                    # its pipeline class name, known before loading
 
 
 _BUILTINS: dict[str, Builtin] = {}
 _PIPELINE_CLASSES: dict[str, Callable[[], type]] = {}
 
 
-def register_builtin(name: str, description: str, load: Callable[[torch.dtype | None], object]) -> None:
-    _BUILTINS[name] = Builtin(name, description, load)
+def register_builtin(name: str, description: str, load: Callable[[torch.dtype | None], object],
+                     pipeline: str | None = None) -> None:
+    _BUILTINS[name] = Builtin(name, description, load, pipeline)
 
 
 def register_pipeline_class(class_name: str, resolve: Callable[[], type]) -> None:
@@ -128,8 +130,12 @@ def resolve_model(model: str) -> str:
         raise PlannerError("MODEL: give a built-in name, a diffusers folder or a hub id")
     if model in _BUILTINS:
         return "builtin"
-    path = Path(model).expanduser()
-    if path.exists():
+    try:
+        path = Path(model).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError) as exc:   # a name too long for a file, a ~user that does not exist
+        raise PlannerError(f"{printable(model, 80)}: not a usable model name or folder ({first_line(exc, 80)})") from None
+    if exists:
         if not path.is_dir():
             raise PlannerError(f"{model}: is a file; MODEL must be a diffusers pipeline folder, a built-in "
                                f"name ({', '.join(_BUILTINS)}) or a hub id")

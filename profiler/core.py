@@ -16,7 +16,7 @@ import torch
 from ground.anatomy import anatomy_of
 from ground.cache import cache_dir
 from ground.errors import PlannerError
-from ground.generation import Request, default_request, generate
+from ground.generation import default_request, generate
 from ground.identity import fingerprint
 from profiler.blocks import discover_blocks
 from profiler.document import ProfileRun, assemble
@@ -176,8 +176,7 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
     gen_kwargs = dict(extra)
     if guidance_scale is not None:
         gen_kwargs["guidance_scale"] = guidance_scale
-    chunks = [Request(request.conditions[i:i + batch], request.seeds[i:i + batch])
-              for i in range(0, len(request), batch)]
+    chunks = [request.rows(i, i + batch) for i in range(0, len(request), batch)]
 
     handle = sampler.apply(pipe) if sampler is not None else None
     try:

@@ -206,14 +206,26 @@ SUGGESTERS = {
 }
 
 
-def applicable_caches(pipe, with_profile: bool = True) -> list[str]:
+def observed_cfg_layout(profile) -> str | None:
+    """How the profiled calls ran classifier-free guidance ("batched", "separate", "none"), if recorded."""
+    data = getattr(profile, "data", None)
+    return (data or {}).get("cfg", {}).get("layout") if isinstance(data, dict) else None
+
+
+def applicable_caches(pipe, profile=None) -> list[str]:
+    """The caches that can act on `pipe`. Without a profile the schedule solver has nothing to solve
+    from; with one, CFG reuse needs the calls it observed to batch both halves (a pipeline may declare
+    batched CFG and still call its denoiser once per branch, or run without guidance)."""
     names = [name for name, (cls, _) in SUGGESTERS.items() if _applies(pipe, cls)]
-    return names if with_profile else [n for n in names if n != "block_schedule"]
+    if profile is None:
+        return [n for n in names if n != "block_schedule"]
+    layout = observed_cfg_layout(profile)
+    return [n for n in names if n != "cfg_reuse" or layout in (None, "batched")]
 
 
 def suggest_cache(trial, profile, pipe):
     """At most one cache technique per trial: a categorical over those that apply, plus "none"."""
-    choice = trial.suggest_categorical("cache", ["none"] + applicable_caches(pipe, profile is not None))
+    choice = trial.suggest_categorical("cache", ["none"] + applicable_caches(pipe, profile))
     if choice == "none":
         return None
     return SUGGESTERS[choice][1](trial, profile, pipe)

@@ -18,7 +18,7 @@ from search_spaces.sampler import suggest_sampler
 from search_spaces.tokens import suggest_tokens
 
 FAMILIES = ("sampler", "compile", "quant", "tokens", "cache")
-DEFAULT_FAMILIES = ("sampler", "quant", "tokens", "cache")  # compile: opt in (minutes of warm-up per trial on CPU)
+DEFAULT_FAMILIES = FAMILIES   # compile included: its setup time is spread over --calls production calls
 
 
 def available_families() -> list[str]:
@@ -70,12 +70,13 @@ def within_space(params: Mapping, space: Mapping[str, Sequence] | None) -> bool:
 
 
 def suggest_configs(trial, pipe, families: list[str], profile_for: Callable[[object], object] | None,
-                    space: Mapping[str, Sequence] | None = None, amortize_calls: int = 100) -> list:
+                    space: Mapping[str, Sequence] | None = None, amortize_calls: int = 100,
+                    baseline_steps: int = 50) -> list:
     """`profile_for(sampler_config)` returns the profile at that sampler (or None): called lazily.
     `space` restricts parameters to listed values (see `RestrictedTrial`)."""
     if space:
         trial = RestrictedTrial(trial, space)
-    configs = [suggest_sampler(trial, None, pipe)] if "sampler" in families else []
+    configs = [suggest_sampler(trial, None, pipe, baseline_steps)] if "sampler" in families else []
     compiled = suggest_compile(trial, None, pipe, amortize_calls) if "compile" in families else None
     backend = compiled.backend if compiled is not None else "eager"
     if backend not in EXPORTERS:          # an exported graph takes nothing of these inside it

@@ -1,26 +1,52 @@
 """Shared test helpers (imported by tests; not a conftest so names stay explicit)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 
 from planner.demo import WEIGHTS_DIR
 
 
+def shipped_weights(name: str) -> Path:
+    """The folder of a shipped demo model. The weights are part of the package: a missing file is a
+    broken checkout, so this fails with a message saying how to restore them (it never skips)."""
+    folder = WEIGHTS_DIR / name
+    if not (folder / "model_index.json").exists():
+        raise AssertionError(f"{name}: shipped weights missing at {folder}; they are part of the package "
+                             f"(restore them with `git checkout -- {folder}` or retrain with "
+                             f"`python -m planner.demo.train {name.split('-')[-1]}`)")
+    return folder
+
+
 def needs_weights(name: str):
-    return pytest.mark.skipif(not (WEIGHTS_DIR / name / "model_index.json").exists(),
-                              reason=f"{name} weights not trained yet")
+    """Marks a test that uses the shipped weights of `name`. They must exist: a missing file fails (at
+    collection, naming the file), it is never a reason to skip. The returned mark does nothing more."""
+    shipped_weights(name)
+    return pytest.mark.usefixtures()
 
 
-def seeds_request(pipe, n: int, seed: int = 0):
-    from ground.generation import default_request
-
-    return default_request(pipe, n, seed)
+@contextmanager
+def torch_threads(n: int):
+    """Run the body with torch's intra-op thread count set to n; the previous count comes back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of a against b."""
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
 def make_plan(pipe, model_name: str, techniques=(), budget: str = "fid+2", batch: int = 4):

@@ -24,13 +24,16 @@ class BlockScheduleConfig(TechniqueConfig):
     version = 1
     stage = STAGE_CACHE
 
-    reuse: dict[str, list[int]] = Field(default_factory=dict)
+    # Bounded by what a model can have: at most 4096 blocks, each reused on at most 1000 steps.
+    reuse: dict[str, list[int]] = Field(default_factory=dict, max_length=4096)
     num_steps: int | None = Field(None, ge=1, le=1000)
 
     @field_validator("reuse")
     @classmethod
     def _steps(cls, value):
         for name, steps in value.items():
+            if len(name) > 200 or len(steps) > 1000 or any(s > 1000 for s in steps):
+                raise ValueError("a block name has at most 200 characters and at most 1000 steps below 1000")
             if any(s < 1 for s in steps):
                 raise ValueError(f"{name}: steps must be >= 1 (step 0 has nothing cached)")
             if any(b <= a for a, b in zip(steps, steps[1:])):

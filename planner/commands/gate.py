@@ -2,32 +2,38 @@
 
 Exit 0 when every budget clause holds at the conservative end of its CI and the speed-up measured side
 by side with the baseline has not dropped below (1 - tolerance) x the plan's (the upper end of its CI
-reaches that floor); 1 when either no longer holds; 2 on bad input.
+reaches that floor); 1 when either no longer holds; 2 on bad input. The gate runs on the conditions,
+shapes and dtype the plan recorded, on seeds neither its search nor its verification used.
 """
 from __future__ import annotations
 
 import time
-import warnings
 from xml.sax.saxutils import escape, quoteattr
 
-GATE_SEED = 3_000_000  # fresh seeds: never the plan's search or verification seeds
+from planner.gating import GATE_SEED
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("gate", help="CI gate: re-measure a plan's quality and speed-up; exit 1 if either regressed")
     p.add_argument("plan", help="plan YAML file")
-    p.add_argument("--model", default=None, help="model to load (default: the plan's model name)")
-    p.add_argument("--samples", type=int, default=500, help="samples on fresh seeds (default 500)")
+    p.add_argument("--model", default=None,
+                   help="model to load (default: the plan's model; a hub id is loaded only when given here)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="cap of the sample sizes on fresh seeds (default: the verification's caps)")
     p.add_argument("--seed", type=int, default=GATE_SEED, help=f"first fresh seed (default {GATE_SEED})")
     p.add_argument("--speed-tolerance", type=float, default=0.1,
                    help="allowed relative drop of the speed-up vs the plan's (default 0.1)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved latency repeats (default 7)")
-    p.add_argument("--features", default=None, help="FID features: digits, inception, or a TorchScript PATH")
+    p.add_argument("--features", default=None, help="FID features: inception, a registered name, or a TorchScript PATH")
     p.add_argument("--reference", default=None, help="folder of reference images")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for timing (default: the thread count the plan's speed-up was measured at)")
-    p.add_argument("--junit", default=None, help="write a JUnit XML report here")
+    p.add_argument("--junit", default=None, help="write a JUnit XML report here (checked before any work)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a plan tuned on another device, library version or component")
+    p.add_argument("--allow-lora", action="store_true",
+                   help="let a plan made for the base model carry over to a pipeline with LoRA adapters")
     p.set_defaults(func=run)
 
 
@@ -51,17 +57,30 @@ def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], second
 def run(args) -> int:
     import torch
 
+    from ground.devices import resolve_device
     from ground.errors import PlannerError
+    from ground.files import check_writable
     from planner.plan import load_plan
+    from planner.commands.common import check_seed
+    from planner.runtime import model_for_plan
 
     start = time.time()
-    if args.samples < 20:
-        raise PlannerError("--samples: at least 20 are needed for a confidence interval")
+    if args.samples is not None and not 8 <= args.samples <= 100_000:
+        raise PlannerError("--samples: must be 8..100000 (a confidence interval needs at least 8)")
     if not 0 <= args.speed_tolerance < 1:
         raise PlannerError("--speed-tolerance: must be in [0, 1)")
+    check_seed(args.seed)
+    if not 1 <= args.repeats <= 1000:
+        raise PlannerError(f"--repeats: must be 1..1000, got {args.repeats}")
+    if args.threads is not None and not 1 <= args.threads <= 4096:
+        raise PlannerError(f"--threads: must be 1..4096, got {args.threads}")
+    resolve_device(args.device)
+    if args.junit:
+        check_writable(args.junit, "--junit")
     plan = load_plan(args.plan)
     if plan.measured is None:
         raise PlannerError(f"{args.plan}: the plan has no measured section to gate against")
+    model = model_for_plan(plan, args.model)
     # A speed-up depends on the thread count (a small candidate batch parallelises worse than the baseline):
     # compare like with like unless told otherwise.
     threads = args.threads or plan.measured.threads
@@ -69,60 +88,23 @@ def run(args) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _gate(args, plan, start)
+        return _gate(args, plan, model, start)
     finally:
         torch.set_num_threads(previous)   # callers in the same process keep their setting
 
 
-def _gate(args, plan, start) -> int:
-    import planner
+def _gate(args, plan, model: str, start: float) -> int:
+    from ground.devices import parse_dtype
+    from planner.gating import gate
     from planner.models import load_pipeline
-    from planner.quality.budget import parse_budget
-    from planner.search.context import SearchContext, SearchSettings
-    from planner.search.latency import interleaved_ratio
+    from planner.search.logs import quiet_third_party
 
-    model = args.model or plan.model.name
-    base_pipe = load_pipeline(model, device=args.device)
-    cand_pipe = load_pipeline(model, device=args.device)
-    handle = planner.apply(cand_pipe, plan)
-    settings = SearchSettings(model=model, budget=plan.budget, seed=args.seed, device=args.device,
-                              batch=plan.shapes.batch, samples=args.samples, cheap_samples=min(20, args.samples),
-                              verify_samples=args.samples, baseline_steps=plan.measured.baseline_steps,
-                              guidance_scale=plan.shapes.guidance_scale, features=args.features,
-                              reference=args.reference)
-    ctx = SearchContext(settings, parse_budget(plan.budget), base_pipe, cand_pipe, plan.model.fingerprint)
-    with warnings.catch_warnings():
-        # Quality images are generated in larger batches, exactly as the search generated them; the
-        # speed-up below is timed at the tuned batch. The runtime's shape warning is noise here.
-        warnings.filterwarnings("ignore", message="plan tuned for batch")
-        images = ctx.generate_candidate(ctx.search.request)
-    evaluation = ctx.search.evaluator.evaluate(images)
-    latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch, repeats=args.repeats)
-    handle.remove()
-    floor = plan.measured.speedup * (1 - args.speed_tolerance)
-    # Timing on shared machines is noisy: speed has regressed when even the CI's upper end of the measured
-    # speed-up is below the floor, i.e. the drop is real, not a burst of load during the measurement.
-    speed_ok = latency.speedup_ci[1] >= floor
-    print(f"gate {args.plan} ({model}) on {args.samples} fresh seeds from {args.seed}:")
-    print(evaluation.table())
-    print(f"speed-up {latency.speedup:.2f}x (95% CI {latency.speedup_ci[0]:.2f}-{latency.speedup_ci[1]:.2f}, median of "
-          f"{latency.repeats} interleaved pairs, {latency.threads} thread(s)); plan says {plan.measured.speedup:.2f}x, floor {floor:.2f}x: "
-          f"{'holds' if speed_ok else 'REGRESSED (whole CI below the floor)'}")
-    if args.device == "cpu" and plan.measured.threads and latency.threads != plan.measured.threads:
-        print(f"note: the plan's speed-up was measured at {plan.measured.threads} thread(s), this gate timed "
-              f"{latency.threads}: speed-ups at different thread counts are not comparable")
-    cases = []
-    for r in evaluation.results:
-        if r.measured is None:
-            cases.append((str(r.clause), False, r.message or "unavailable"))
-        else:
-            m = r.measured
-            cases.append((str(r.clause), bool(r.conservative),
-                          f"{m.name} = {m.value:.4g} [{m.ci_low:.4g}, {m.ci_high:.4g}] n={m.n}, bound {r.clause.bound:g}"))
-    cases.append(("speed-up", speed_ok, f"{latency.speedup:.3f}x measured (95% CI {latency.speedup_ci[0]:.3f}-"
-                                        f"{latency.speedup_ci[1]:.3f}) vs floor {floor:.3f}x"))
+    with quiet_third_party():
+        pipe = load_pipeline(model, device=args.device, dtype=parse_dtype(plan.shapes.dtype))
+        result = gate(pipe, plan, seed=args.seed, samples=args.samples, repeats=args.repeats,
+                      speed_tolerance=args.speed_tolerance, features=args.features, reference=args.reference,
+                      strict=args.strict, allow_lora=args.allow_lora, name=model)
+    print("\n".join(result.lines))
     if args.junit:
-        _junit(args.junit, args.plan, cases, time.time() - start)
-    ok = all(passed for _, passed, _ in cases)
-    print("gate: PASS" if ok else "gate: FAIL (" + ", ".join(name for name, passed, _ in cases if not passed) + ")")
-    return 0 if ok else 1
+        _junit(args.junit, args.plan, result.cases, time.time() - start)
+    return 0 if result.passed else 1

@@ -6,7 +6,10 @@ from planner.models import model_help
 import argparse
 from pathlib import Path
 
+from ground.devices import parse_dtype, resolve_device
 from ground.errors import PlannerError
+from ground.files import check_writable
+from planner.commands.common import add_condition_arguments, check_seed, conditions_from_args
 
 SAMPLER_CHOICES = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "flow_euler")
 
@@ -23,10 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="sampler to profile at (default: the pipeline's own scheduler)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="load the model in this dtype (default: as stored)")
+    add_condition_arguments(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", default="profile.json", help="JSON profile to write; the PNG goes beside it "
                                                          "(default profile.json, profile.png)")
     p.add_argument("--cache-dir", default=None,
@@ -35,28 +36,32 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from planner.models import resolve_model
 
-    for name in ("steps", "batch", "samples"):
+    for name, top in (("steps", 1000), ("batch", 4096), ("samples", 4096)):
         value = getattr(args, name)
-        if value is not None and value < 1:
-            raise PlannerError(f"--{name}: must be at least 1, got {value}")
+        if value is not None and not 1 <= value <= top:
+            raise PlannerError(f"--{name}: must be 1..{top}, got {value}")
+    check_seed(args.seed)
     if args.batch > args.samples:
         raise PlannerError(f"--batch ({args.batch}) cannot exceed --samples ({args.samples})")
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise PlannerError(f"--out: must name a .json file, got {args.out}")
-    if out.parent and not out.parent.exists():
-        raise PlannerError(f"--out: folder {out.parent} does not exist")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise PlannerError("--device cuda: no CUDA device available")
+    check_writable(out, "--out")
+    resolve_device(args.device)
+    resolve_model(args.model)
+    conditions, size = conditions_from_args(args)
 
+    from planner.conditions import check_fits, make_request
     from planner.models import load_pipeline
     from profiler import cached_profile, profile_pipeline
     from profiler.report import heatmap, summary
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
+    pipe = load_pipeline(args.model, device=args.device, dtype=parse_dtype(args.dtype))
+    if conditions is not None:
+        check_fits(conditions, pipe)
+    request = make_request(pipe, args.samples, args.seed, conditions, "search", args.negative_prompt, size)
     sampler = None
     if args.sampler:
         from backends.sampler import SamplerConfig, available_samplers
@@ -66,11 +71,13 @@ def run(args: argparse.Namespace) -> int:
                                + ", ".join(available_samplers(pipe)))
         sampler = SamplerConfig(name=args.sampler, steps=args.steps or 20)
     steps = None if sampler is not None else args.steps
-    kwargs = dict(batch=args.batch, samples=args.samples, guidance_scale=args.guidance, model=args.model)
+    kwargs = dict(batch=args.batch, guidance_scale=args.guidance, model=args.model)
+    if size is not None:   # part of the profile's key (resolution)
+        kwargs.update(height=size[0], width=size[1])
     if args.cache_dir:
-        profile = cached_profile(pipe, None, sampler, steps, cache_dir=args.cache_dir, seed=args.seed, **kwargs)
+        profile = cached_profile(pipe, request, sampler, steps, cache_dir=args.cache_dir, **kwargs)
     else:
-        profile = profile_pipeline(pipe, None, sampler, steps, seed=args.seed, **kwargs)
+        profile = profile_pipeline(pipe, request, sampler, steps, **kwargs)
     profile.save(out)
     png = heatmap(profile, out.with_suffix(".png"))
     print(summary(profile))

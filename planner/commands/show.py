@@ -1,21 +1,36 @@
-"""`planner show PLAN`: what a plan does and what was measured, in a few readable lines."""
+"""`planner show PLAN`: what a plan does and what was measured, in a few readable lines; with
+`--pipeline`, also every named hook the plan attaches to its model."""
 from __future__ import annotations
+
+from ground.errors import printable
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("show", help="summarise a plan: techniques, tuned shapes, measured speed and quality")
     p.add_argument("plan", help="plan YAML file")
+    p.add_argument("--pipeline", action="store_true",
+                   help="load the plan's model, apply the plan and list the named hooks it attaches")
+    p.add_argument("--model", default=None, help="with --pipeline: the model to load (default: the plan's)")
     p.set_defaults(func=run)
 
 
 def describe(plan) -> str:
-    lines = [f"plan v{plan.version} for {plan.model.name} ({plan.model.pipeline}, {plan.model.fingerprint})",
-             f"tuned on {plan.environment.device} ({plan.environment.device_name}), torch {plan.environment.torch}, "
-             f"diffusers {plan.environment.diffusers}",
-             f"shapes: batch {plan.shapes.batch}, resolution {plan.shapes.resolution}, steps {plan.shapes.steps}",
-             f"budget: {plan.budget}", "techniques (in order):"]
+    t = printable   # everything below came from a file: no terminal escape codes reach the screen
+    lines = [f"plan v{plan.version} for {t(plan.model.name)} ({t(plan.model.pipeline)}, {plan.model.fingerprint})",
+             f"tuned on {t(plan.environment.device)} ({t(plan.environment.device_name)}), torch "
+             f"{t(plan.environment.torch)}, diffusers {t(plan.environment.diffusers)}",
+             f"shapes: batch {plan.shapes.batch}, resolution {plan.shapes.resolution}"
+             + (f"x{plan.shapes.width}" if plan.shapes.width else "") + f", steps {plan.shapes.steps}"
+             + (f", dtype {plan.shapes.dtype}" if plan.shapes.dtype else ""),
+             f"budget: {t(plan.budget)}"]
+    if plan.model.lora:
+        lines.append("LoRA when tuned: " + ", ".join(f"{t(a)} ({s:g})" for a, s in plan.model.lora.items()))
+    if plan.conditions is not None:
+        c = plan.conditions
+        lines.append(f"conditions: {t(c.source)}, {len(c.search)} search and {len(c.verify)} verification rows")
+    lines.append("techniques (in order):")
     for config in sorted(plan.technique_configs(), key=lambda c: c.stage):
-        lines.append(f"  - {config.label()}")
+        lines.append(f"  - {t(config.label(), 300)}")
     if not plan.techniques:
         lines.append("  (none: identity plan)")
     m = plan.measured
@@ -24,17 +39,35 @@ def describe(plan) -> str:
         lines.append(f"speed-up: {m.speedup:.2f}x{ci}, {m.plan_latency_s * 1e3:.1f} ms vs {m.baseline_latency_s * 1e3:.1f} ms"
                      f" per call (median of {m.latency_repeats}, interleaved)"
                      + (f"; counted work ratio {m.work_ratio:.2f}" if m.work_ratio is not None else ""))
+        if m.setup_s:
+            lines.append(f"setup (compile/export): {m.setup_s:.1f} s once, over {m.amortised_over_calls} calls")
         for r in m.metrics:
             base = f" (baseline {r.baseline:.3f})" if r.baseline is not None else ""
-            lines.append(f"  {r.clause:<12} {r.metric} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] n={r.n}{base} "
+            lines.append(f"  {t(r.clause):<12} {t(r.metric)} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] n={r.n}{base} "
                          f"holds={'yes' if r.holds_conservative else 'no'}")
         lines.append(f"seeds: search {m.search_seeds[0]}+{m.search_seeds[1]}, verification {m.verify_seeds[0]}+{m.verify_seeds[1]}")
-    lines.append(f"reproduce: {plan.provenance.command}")
+    lines.append(f"reproduce: {t(plan.provenance.command, 1000)}")
     return "\n".join(lines)
 
 
 def run(args) -> int:
     from planner.plan import load_plan
 
-    print(describe(load_plan(args.plan)))
+    plan = load_plan(args.plan)
+    print(describe(plan))
+    if args.pipeline:
+        import planner
+        from ground.devices import parse_dtype
+        from planner.models import load_pipeline
+        from planner.runtime import model_for_plan
+
+        pipe = load_pipeline(model_for_plan(plan, args.model), dtype=parse_dtype(plan.shapes.dtype))
+        handle = planner.apply(pipe, plan)
+        try:
+            hooks = handle.attached()
+        finally:
+            handle.remove()
+        print(f"attached to the pipeline ({len(hooks)} named hooks):")
+        for where, name in hooks:
+            print(f"  {where}: {name}")
     return 0

@@ -11,16 +11,17 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ground.errors import PlannerError, printable
     from planner.plan import load_plan
-    from ground.errors import PlannerError
 
     bad = 0
     for path in args.plans:
         try:
             plan = load_plan(path)
         except PlannerError as exc:
-            print(f"planner: error: {exc}", file=sys.stderr)
+            print(f"planner: error: {printable(exc, 2000)}", file=sys.stderr)
             bad += 1
             continue
-        print(f"{path}: valid plan v{plan.version} for {plan.model.name} ({len(plan.techniques)} techniques)")
+        print(f"{printable(path)}: valid plan v{plan.version} for {printable(plan.model.name)} "
+              f"({len(plan.techniques)} techniques)")
     return 2 if bad else 0

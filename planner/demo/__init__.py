@@ -54,15 +54,16 @@ def _digits_features():
 
 
 def _register() -> None:
-    from planner.demo.tiny_pipelines import TINY_DESCRIPTIONS
+    from planner.demo.tiny_pipelines import TINY_CLASSES, TINY_DESCRIPTIONS
     from planner.models import register_builtin, register_pipeline_class
     from planner.quality.features import register_features
 
-    register_builtin("digits-unet", "UNet2DModel trained on digits, 16x16, class-conditional", _load_demo("digits-unet"))
+    register_builtin("digits-unet", "UNet2DModel trained on digits, 16x16, class-conditional", _load_demo("digits-unet"),
+                     DEMO_MODELS["digits-unet"])
     register_builtin("digits-dit", "DiTTransformer2DModel trained on digits, 16x16, class-conditional",
-                     _load_demo("digits-dit"))
+                     _load_demo("digits-dit"), DEMO_MODELS["digits-dit"])
     for family, description in TINY_DESCRIPTIONS.items():
-        register_builtin(f"tiny-{family}", description, _load_tiny(family))
+        register_builtin(f"tiny-{family}", description, _load_tiny(family), TINY_CLASSES[family])
     for class_name in DEMO_MODELS.values():
         register_pipeline_class(class_name, _pipeline_class(class_name))
     register_features("digits", _digits_features)

@@ -53,6 +53,9 @@ from pathlib import Path
 import torch
 
 TINY_FAMILIES = ("sd", "sdxl", "pixart", "sd3", "flux", "dit", "ddpm", "ddim")
+TINY_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "pixart": "PixArtAlphaPipeline",
+                "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "dit": "DiTPipeline", "ddpm": "DDPMPipeline",
+                "ddim": "DDIMPipeline"}
 TINY_DESCRIPTIONS = {
     "sd": "StableDiffusionPipeline at tiny size, random weights", "sdxl": "StableDiffusionXLPipeline, tiny, random",
     "pixart": "PixArtAlphaPipeline, tiny, random", "sd3": "StableDiffusion3Pipeline, tiny, random",

@@ -8,14 +8,14 @@ Prints one row per clause (metric, baseline, candidate, measured quantity, CI, N
 """
 from __future__ import annotations
 
-from planner.models import model_help
-
 import argparse
 import json
 import sys
 from pathlib import Path
 
 from ground.errors import PlannerError
+from planner.commands.common import add_condition_arguments
+from planner.models import model_help
 
 DEFAULT_SAMPLES = 500
 DEFAULT_STEPS = 50
@@ -48,8 +48,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="baseline scheduler (default: keep = the pipeline's own with --plan, as the search "
                         "used; ddim with --candidate-steps)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="guidance scale (default: the plan's, else the pipeline's)")
+    add_condition_arguments(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--boot", type=int, default=200, metavar="B", help="bootstrap replicates (default 200)")
     p.add_argument("--verdict", choices=("conservative", "point"), default="conservative",
                    help="exit 0 only when every clause holds at its CI's unfavourable end (conservative, "
@@ -89,18 +89,44 @@ def _load_plan(path):
 def cmd_evaluate(args) -> int:
     from planner.quality.budget import parse_budget
 
+    from ground.devices import parse_dtype, resolve_device
+    from planner.commands.common import check_seed, conditions_from_args
+    from planner.models import resolve_model
+
     budget = parse_budget(args.budget)
     _positive("--samples", args.samples, 2)
     _positive("--steps", args.steps)
     _positive("--candidate-steps", args.candidate_steps)
     _positive("--boot", args.boot, 0)
+    for flag, value in (("--samples", args.samples), ("--boot", args.boot)):
+        if value > 100_000:
+            raise PlannerError(f"{flag}: at most 100000, got {value}")
+    for flag, value in (("--steps", args.steps), ("--candidate-steps", args.candidate_steps)):
+        if value is not None and value > 1000:   # diffusers' schedulers refuse more steps than they were trained on
+            raise PlannerError(f"{flag}: must be 1..1000, got {value}")
+    check_seed(args.seed)
     if args.plan is None and args.candidate_steps is None:
         raise PlannerError("give the candidate: --plan PLAN or --candidate-steps K")
     if args.plan is not None and not Path(args.plan).is_file():
         raise PlannerError(f"--plan {args.plan}: no such file")
     if args.reference is not None and not args.reference.is_dir():
         raise PlannerError(f"--reference {args.reference}: not a folder of images")
+    if args.json is not None:
+        from ground.files import check_writable
+
+        check_writable(args.json, "--json")
+    resolve_device(args.device)
+    conditions, size = conditions_from_args(args)
     plan, apply_plan = _load_plan(args.plan) if args.plan is not None else (None, None)
+    model = args.model
+    if plan is not None:
+        from planner.runtime import model_for_plan
+
+        model = model_for_plan(plan, args.model)
+        conditions = conditions or plan.conditions
+        args.dtype = args.dtype or plan.shapes.dtype
+    else:
+        resolve_model(model)
     if plan is not None:
         # The baseline is the one the plan was measured against, not the plan's own step count.
         measured_steps = plan.measured.baseline_steps if plan.measured is not None else None
@@ -110,7 +136,7 @@ def cmd_evaluate(args) -> int:
     args.sampler = args.sampler or ("keep" if plan is not None else "ddim")
 
     from ground.anatomy import anatomy_of
-    from ground.generation import default_request
+    from planner.conditions import check_fits, make_request
     from planner.models import load_pipeline
     from planner.quality.evaluate import REFERENCE_SEED_OFFSET, Evaluator
     from planner.quality.features import get_extractor
@@ -118,9 +144,11 @@ def cmd_evaluate(args) -> int:
     from planner.quality.store import DiskCache, cached_features, cached_generate, generation_key
 
     cache = None if args.no_cache else DiskCache()
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(model, device=args.device, dtype=parse_dtype(args.dtype))
+    if conditions is not None:
+        check_fits(conditions, pipe)
     set_sampler(pipe, args.sampler)
-    request = default_request(pipe, args.samples, args.seed)
+    request = make_request(pipe, args.samples, args.seed, conditions, "verify", args.negative_prompt, size)
     gen = dict(guidance_scale=args.guidance, sampler=args.sampler, cache=cache)
     print(f"planner: generating {args.samples} baseline images ({args.sampler}, {args.steps} steps)", file=sys.stderr)
     baseline = cached_generate(pipe, request, steps=args.steps, **gen)
@@ -140,7 +168,8 @@ def cmd_evaluate(args) -> int:
     reference = extractor = base_feats = None
     if budget.metrics & {"fid", "kid"}:
         extractor = get_extractor(args.features, pipe=pipe)
-        ref_request = default_request(pipe, args.samples, args.seed + REFERENCE_SEED_OFFSET)
+        ref_request = make_request(pipe, args.samples, args.seed + REFERENCE_SEED_OFFSET, conditions, "search",
+                                   args.negative_prompt, size)
         ref_key = generation_key(pipe, ref_request, args.steps, args.guidance, args.sampler)
         reference = resolve_reference(
             extractor, pipe=pipe, reference_dir=args.reference,
@@ -159,7 +188,9 @@ def cmd_evaluate(args) -> int:
         print(f"reference: {reference.source}  features: {extractor.ident}")
     print(result.table())
     if args.json is not None:
-        args.json.write_text(json.dumps(dict(result.to_dict(), model=args.model), indent=2, default=str) + "\n")
+        from ground.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(dict(result.to_dict(), model=args.model), indent=2, default=str) + "\n")
     if not result.available:
         for message in result.unavailable_messages():
             print(f"planner: error: {message}", file=sys.stderr)

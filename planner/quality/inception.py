@@ -138,7 +138,9 @@ class FIDInceptionV3(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-def find_inception_weights() -> Path | None:
+def find_inception_weights() -> Path:
+    """$PLANNER_INCEPTION_WEIGHTS, else a copy in the cache's weights/ folder, else fetched there (pinned
+    sha256; one line saying where to put the file when offline)."""
     env = os.environ.get(INCEPTION_ENV)
     if env:
         return Path(env).expanduser()
@@ -146,7 +148,9 @@ def find_inception_weights() -> Path | None:
         path = cache_dir("weights") / name
         if path.exists():
             return path
-    return None
+    from planner.quality.weights import INCEPTION, fetch
+
+    return fetch(INCEPTION)
 
 
 class InceptionFeatures(FeatureExtractor):
@@ -162,8 +166,8 @@ class InceptionFeatures(FeatureExtractor):
             self.net, self.ident = FIDInceptionV3().eval(), "inception:random"
             return
         path = Path(weights) if weights is not None else find_inception_weights()
-        if path is None or not path.exists():
-            raise PlannerError(INCEPTION_HINT + (f" ({path} does not exist)" if path is not None else ""))
+        if not path.exists():
+            raise PlannerError(INCEPTION_HINT + f" ({path} does not exist)")
         self.ident = f"inception:{file_digest(path)}"
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -104,3 +104,65 @@ def cached_features(images: torch.Tensor, extractor, cache: DiskCache | None, im
     feats = extractor(images)
     cache.save(key, {"features": feats})
     return feats
+
+
+class ImageStore:
+    """The images of one generation setting (a pipeline as it is now, steps, guidance), kept per
+    (condition, seed) row in memory and on disk, and generated only when first asked for: a search that
+    decides on 16 samples never pays for 500.
+
+    `setting` names what, besides the pipeline's identity, decides the images (the sampler, steps,
+    guidance, size); `generate(request)` makes the images of the rows missing.
+    """
+
+    def __init__(self, pipe, setting: dict, generate_rows, cache: DiskCache | None = None) -> None:
+        self.cache = cache
+        self.generate_rows = generate_rows
+        self.setting = dict(setting, kind="image-row", model=identity_key(pipe), pipeline=type(pipe).__name__)
+        self._memory: dict[str, torch.Tensor] = {}
+        self.generated = 0   # images this store had to generate (not found in memory or on disk)
+
+    @staticmethod
+    def _row_key(condition, seed, negative, size) -> str:
+        return json.dumps([str(condition), int(seed), negative, list(size) if size else None])
+
+    def _keys(self, request) -> list[str]:
+        return [self._row_key(c, s, None if request.negative_prompts is None else request.negative_prompts[i],
+                              None if request.sizes is None else request.sizes[i])
+                for i, (c, s) in enumerate(zip(request.conditions, request.seeds))]
+
+    def get(self, request) -> torch.Tensor:
+        keys = self._keys(request)
+        missing = [i for i, k in enumerate(keys) if k not in self._memory and not self._from_disk(k)]
+        if missing:
+            images = self.generate_rows(_pick(request, missing))
+            self.generated += len(missing)
+            for i, image in zip(missing, images):
+                self._memory[keys[i]] = image
+                if self.cache is not None:
+                    self.cache.save(dict(self.setting, row=keys[i]), {"image": image})
+        return torch.stack([self._memory[k] for k in keys])
+
+    def cached_rows(self, request) -> int:
+        """How many rows of `request` are already in memory or on disk (cost nothing to get)."""
+        keys = self._keys(request)
+        return sum(1 for k in keys if k in self._memory or
+                   (self.cache is not None and self.cache.has(dict(self.setting, row=k))))
+
+    def _from_disk(self, key: str) -> bool:
+        if self.cache is None:
+            return False
+        hit = self.cache.load(dict(self.setting, row=key))
+        if hit is None:
+            return False
+        self._memory[key] = hit["image"]
+        return True
+
+
+def _pick(request, indices: list[int]):
+    """The rows `indices` of a request, as a request (contiguous runs keep their batches)."""
+    from ground.generation import Request
+
+    return Request(tuple(request.conditions[i] for i in indices), tuple(request.seeds[i] for i in indices),
+                   None if request.negative_prompts is None else tuple(request.negative_prompts[i] for i in indices),
+                   None if request.sizes is None else tuple(request.sizes[i] for i in indices))

@@ -1,1 +1,1 @@
-"""The search: an Optuna study over global scalars, a fidelity cascade, verification, and the report."""
+"""The search: an Optuna study over global scalars, sequential quality decisions, verification, and the report."""

@@ -1,129 +1,198 @@
-"""Everything a search measures against, computed once: the baseline pipeline, its images on the search
-and verification seeds, the reference features, the evaluators, the baseline's latency callable.
+"""Everything a search measures against, on ONE pipeline: the baseline's images (generated lazily, per
+(condition, seed) row, cached on disk), the evaluators per sample size, the latency callables.
+
+The pipeline is the user's own, unaccelerated between trials. A trial applies its techniques, and to
+time the baseline beside it suspends them (`Handle.suspend`: weights swapped back, hooks off) and
+resumes them: one copy of the weights in memory, the baseline and the candidate timed side by side.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
-from ground.generation import Request, default_request, generate
-from planner.quality.budget import Budget
 from ground.anatomy import anatomy_of
+from ground.generation import Request, generate
+from planner.conditions import make_request
+from planner.plan import Conditions
+from planner.quality.budget import Budget
 from planner.quality.evaluate import Evaluator
 from planner.quality.features import get_extractor
 from planner.quality.reference import resolve_reference
-from planner.quality.store import DiskCache, cached_generate, generation_key
+from planner.quality.sequential import Decision, decide, sizes_for
+from planner.quality.store import DiskCache, ImageStore
 
-VERIFY_SEED_OFFSET = 500_000  # verification seeds never meet search seeds
+VERIFY_SEED_OFFSET = 500_000        # verification seeds never meet search seeds
+REFERENCE_SEED_OFFSET = 1_000_000   # nor the seeds of a generated FID reference set
+GENERATION_BATCH = 16               # images per pipeline call when generating for quality
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchSettings:
-    model: str
+    name: str                          # the model as the plan names it (built-in name, folder, hub id)
     budget: str
     trials: int = 20
     timeout: float | None = None
     seed: int = 0
     device: str = "cpu"
-    batch: int = 8
-    resolution: int | None = None
+    batch: int = 8                     # images per call the plan is tuned and timed for
+    height: int | None = None
+    width: int | None = None
+    dtype: str | None = None           # fp32 | fp16 | bf16: the baseline's precision
+    negative_prompt: str | None = None
+    conditions: Conditions | None = None
     techniques: tuple[str, ...] = ()
     storage: str | None = None
     study_name: str | None = None
     features: str | None = None
     reference: str | None = None
-    samples: int = 200            # full-stage samples per trial (search seeds)
-    cheap_samples: int = 64       # first stage of the fidelity cascade
-    verify_samples: int = 500     # final verification on unseen seeds
+    samples: int | None = None         # cap of the search's sample sizes (default: per metric kind)
+    verify_samples: int | None = None  # cap of the final verification's
     baseline_steps: int = 50
     guidance_scale: float | None = None
-    latency_repeats: int = 3     # per trial; the final verification uses at least 7
+    latency_repeats: int = 3           # per trial; the final verification uses at least 7
     threads: int | None = None
-    # Optional restriction of the search space: Optuna parameter name -> allowed values (see
-    # search_spaces.compose.RestrictedTrial); None searches every family's full range.
-    space: dict | None = None
-    out: str = "plan.yaml"
+    calls: int = 1000                  # production calls a compile/export setup time is spread over
+    space: dict | None = None          # parameter name -> allowed values (search_spaces.compose.RestrictedTrial)
+    max_minutes: float | None = None   # refuse when the estimate is longer
+    sample_mode: str = "sequential"    # or "fixed": the fixed sizes of before (bench/search_cost.py compares)
+    out: str | None = None
     command: str = ""
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return (self.height, self.width) if self.height and self.width else None
 
 
 @dataclass
-class Baseline:
-    request: Request
-    images: torch.Tensor
-    evaluator: Evaluator
-    fid: float | None = None
-    extra: dict = field(default_factory=dict)
+class _Features:
+    """Features of a growing prefix of images, extracted once each."""
+    rows: list = field(default_factory=list)
 
-
-def _subset(request: Request, n: int) -> Request:
-    return Request(request.conditions[:n], request.seeds[:n])
+    def upto(self, extractor, images: torch.Tensor, n: int) -> torch.Tensor:
+        if len(self.rows) < n:
+            self.rows.append(extractor(images[len(self.rows):n]))
+            self.rows = [torch.cat(self.rows)]
+        return self.rows[0][:n]
 
 
 class SearchContext:
-    def __init__(self, settings: SearchSettings, budget: Budget, base_pipe, cand_pipe, model_fingerprint: str) -> None:
-        self.settings, self.budget = settings, budget
-        self.base_pipe, self.cand_pipe = base_pipe, cand_pipe
-        self.fingerprint = model_fingerprint
+    def __init__(self, *, settings: SearchSettings, budget: Budget, pipe, fingerprint: str) -> None:
+        self.settings, self.budget, self.pipe = settings, budget, pipe
+        self.fingerprint = fingerprint
+        self.anatomy = anatomy_of(pipe)
         self.cache = DiskCache()
-        self.extractor = None
-        self.reference = None
-        self.classifier = anatomy_of(base_pipe).label_classifier() if "acc" in budget.metrics else None
-        search_request = default_request(base_pipe, settings.samples, settings.seed)
-        verify_request = default_request(base_pipe, settings.verify_samples, settings.seed + VERIFY_SEED_OFFSET)
-        self.search = self._baseline(search_request)
-        self.cheap = Baseline(_subset(search_request, settings.cheap_samples),
-                              self.search.images[:settings.cheap_samples], None)  # evaluator set below
-        self.verify_request = verify_request
-        self._verify: Baseline | None = None
-        self.cheap.evaluator = self._evaluator(self.cheap.images, self.cheap.request)
-        self.latency_request = default_request(base_pipe, settings.batch, settings.seed)
+        self.sizes = {"search": sizes_for(budget, "search", settings.samples, settings.sample_mode),
+                      "verify": sizes_for(budget, "verify", settings.verify_samples, settings.sample_mode)}
+        self.candidate_images = 0   # images generated to decide quality (baseline images: self.baseline.generated)
+        self.decisions = 0          # quality decisions taken (frontier probes, trials, verifications, gates)
+        largest = {phase: max(s.cap for s in sizes.values()) for phase, sizes in self.sizes.items()}
+        self.requests = {
+            "search": self.request(largest["search"], settings.seed, "search"),
+            "verify": self.request(largest["verify"], settings.seed + VERIFY_SEED_OFFSET, "verify")}
+        self.latency_request = self.request(settings.batch, settings.seed, "search")
+        self.baseline = ImageStore(pipe, {"sampler": "baseline", "steps": settings.baseline_steps,
+                                          "guidance": settings.guidance_scale, "size": settings.size},
+                                   self._generate_baseline, self.cache)
+        self.classifier = self.anatomy.label_classifier() if "acc" in budget.metrics else None
+        self.extractor = self.reference = None
+        self._evaluators: dict = {}
+        self._baseline_features = {"search": _Features(), "verify": _Features()}
+        self.applied = None   # the handle of the techniques on the pipeline now (see `trial`)
 
-    def generation_kwargs(self) -> dict:
-        kwargs = {}
-        if self.settings.resolution is not None:
-            kwargs.update(height=self.settings.resolution, width=self.settings.resolution)
-        return kwargs
+    @contextlib.contextmanager
+    def trial(self, handle):
+        """The pipeline carries `handle`'s techniques inside; baseline images asked for meanwhile are
+        generated with them suspended."""
+        self.applied = handle
+        try:
+            yield
+        finally:
+            self.applied = None
 
+    def request(self, n: int, first_seed: int, phase: str) -> Request:
+        s = self.settings
+        return make_request(self.pipe, n, first_seed, s.conditions, phase, s.negative_prompt, s.size)
+
+    # generation -----------------------------------------------------------------------------------
     def _generate_baseline(self, request: Request) -> torch.Tensor:
-        return cached_generate(self.base_pipe, request, steps=self.settings.baseline_steps,
-                               guidance_scale=self.settings.guidance_scale, sampler="baseline", cache=self.cache,
-                               **self.generation_kwargs())
-
-    def _evaluator(self, images: torch.Tensor, request: Request) -> Evaluator:
-        if self.budget.metrics & {"fid", "kid"} and self.reference is None:
-            self.extractor = get_extractor(self.settings.features, pipe=self.base_pipe)
-            ref_request = default_request(self.base_pipe, max(self.settings.verify_samples, 500),
-                                          self.settings.seed + 2 * VERIFY_SEED_OFFSET)
-            self.reference = resolve_reference(
-                self.extractor, pipe=self.base_pipe, reference_dir=self.settings.reference,
-                generate_reference=lambda: self._generate_baseline(ref_request), cache=self.cache,
-                cache_key=generation_key(self.base_pipe, ref_request, self.settings.baseline_steps,
-                                         self.settings.guidance_scale, "baseline"))
-        return Evaluator(self.budget, images, self.reference, self.extractor, list(request.conditions),
-                         classifier=self.classifier)
-
-    def _baseline(self, request: Request) -> Baseline:
-        images = self._generate_baseline(request)
-        return Baseline(request, images, self._evaluator(images, request))
-
-    @property
-    def verify(self) -> Baseline:
-        if self._verify is None:
-            self._verify = self._baseline(self.verify_request)
-        return self._verify
-
-    # latency callables -------------------------------------------------------------------------------
-    def run_baseline_batch(self) -> torch.Tensor:
-        return generate(self.base_pipe, self.latency_request, steps=self.settings.baseline_steps,
-                        guidance_scale=self.settings.guidance_scale, batch_size=self.settings.batch,
-                        **self.generation_kwargs())
-
-    def run_candidate_batch(self, pipe=None) -> torch.Tensor:
-        """One latency batch on the candidate pipeline (or on `pipe`, another accelerated copy)."""
-        return generate(self.cand_pipe if pipe is None else pipe, self.latency_request, guidance_scale=self.settings.guidance_scale,
-                        batch_size=self.settings.batch, **self.generation_kwargs())
+        if self.applied is not None:
+            self.applied.suspend()
+        try:
+            return generate(self.pipe, request, steps=self.settings.baseline_steps,
+                            guidance_scale=self.settings.guidance_scale, batch_size=GENERATION_BATCH)
+        finally:
+            if self.applied is not None:
+                self.applied.resume()
 
     def generate_candidate(self, request: Request) -> torch.Tensor:
-        return generate(self.cand_pipe, request, guidance_scale=self.settings.guidance_scale,
-                        **self.generation_kwargs())
+        """Images of the pipeline as it is now: a trial's sampler pins its own steps over these."""
+        return generate(self.pipe, request, steps=self.settings.baseline_steps,
+                        guidance_scale=self.settings.guidance_scale, batch_size=GENERATION_BATCH)
+
+    def baseline_images(self, phase: str, n: int) -> torch.Tensor:
+        return self.baseline.get(self.requests[phase].rows(0, n))
+
+    # quality ------------------------------------------------------------------------------------------
+    def _ensure_reference(self) -> None:
+        if self.reference is not None or not self.budget.metrics & {"fid", "kid"}:
+            return
+        s = self.settings
+        self.extractor = get_extractor(s.features, pipe=self.pipe)
+        n = max(self.sizes["verify"]["fid" if "fid" in self.budget.metrics else "kid"].cap, 500)
+        ref_request = self.request(n, s.seed + REFERENCE_SEED_OFFSET, "search")
+        self.reference = resolve_reference(
+            self.extractor, pipe=self.pipe, reference_dir=s.reference,
+            generate_reference=lambda: self.baseline.get(ref_request), cache=self.cache,
+            cache_key={"kind": "reference", "setting": self.baseline.setting, "n": n, "seed": s.seed})
+
+    def evaluator(self, phase: str, n: int, budget: Budget) -> Evaluator:
+        key = (phase, n, str(budget))
+        if key not in self._evaluators:
+            self._ensure_reference()
+            images = self.baseline_images(phase, n)
+            features = None
+            if budget.metrics & {"fid", "kid"}:
+                features = self._baseline_features[phase].upto(self.extractor, self.baseline_images(phase, n), n)
+            conditions = list(self.requests[phase].conditions[:n])
+            self._evaluators[key] = Evaluator(budget, images, self.reference, self.extractor, conditions,
+                                              baseline_features=features, classifier=self.classifier)
+        return self._evaluators[key]
+
+    def decide(self, phase: str, on_size=None) -> tuple[Decision, torch.Tensor]:
+        """The budget's verdict on the pipeline as it is now, on growing sample sizes (sequential)."""
+        request = self.requests[phase]
+        self.decisions += 1
+        state = {"images": torch.empty(0), "features": _Features()}
+
+        def evaluate(n: int, budget: Budget):
+            have = len(state["images"])
+            if have < n:
+                more = self.generate_candidate(request.rows(have, n))
+                self.candidate_images += len(more)
+                state["images"] = more if have == 0 else torch.cat([state["images"], more])
+            images = state["images"][:n]
+            if not torch.isfinite(images).all():
+                raise NonFiniteImages()
+            features = None
+            if budget.metrics & {"fid", "kid"}:
+                self._ensure_reference()
+                features = state["features"].upto(self.extractor, state["images"], n)
+            return self.evaluator(phase, n, budget).evaluate(images, candidate_features=features)
+
+        return decide(self.budget, self.sizes[phase], evaluate, phase, on_size,
+                      stop_when_holding=self.settings.sample_mode != "fixed"), state["images"]
+
+    # latency ------------------------------------------------------------------------------------------
+    def run_baseline_batch(self) -> torch.Tensor:
+        return generate(self.pipe, self.latency_request, steps=self.settings.baseline_steps,
+                        guidance_scale=self.settings.guidance_scale, batch_size=self.settings.batch)
+
+    def run_candidate_batch(self) -> torch.Tensor:
+        return generate(self.pipe, self.latency_request, steps=self.settings.baseline_steps,
+                        guidance_scale=self.settings.guidance_scale, batch_size=self.settings.batch)
+
+
+class NonFiniteImages(Exception):
+    """A candidate produced NaN or infinite pixels."""

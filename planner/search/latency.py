@@ -51,20 +51,28 @@ def median_ci(ratios) -> tuple[float, tuple[float, float]]:
 
 
 def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int = 5,
-                      warmup: int = 1, baseline_cache: list[float] | None = None) -> LatencyResult:
+                      warmup: int = 1, on_baseline: Callable[[], None] | None = None,
+                      on_candidate: Callable[[], None] | None = None) -> LatencyResult:
     """Time baseline and candidate alternately (B, C, C, B, ... so neither always goes first).
 
     The ratio of each adjacent pair cancels slow drifts of the machine; the median discards bursts
-    from competing processes. The 95% CI is a bootstrap of the median of pair ratios.
+    from competing processes. The 95% CI is a bootstrap of the median of pair ratios. `on_baseline` /
+    `on_candidate` run untimed before each side (the search suspends and resumes the trial's
+    techniques on its one pipeline there).
     """
+    def run(side, prepare):
+        if prepare is not None:
+            prepare()
+        return timed(side)
+
     for _ in range(warmup):
-        candidate()
+        run(candidate, on_candidate)
     base_times, cand_times = [], []
     for i in range(repeats):
         if i % 2 == 0:
-            b, c = timed(baseline), timed(candidate)
+            b, c = run(baseline, on_baseline), run(candidate, on_candidate)
         else:
-            c, b = timed(candidate), timed(baseline)
+            c, b = run(candidate, on_candidate), run(baseline, on_baseline)
         base_times.append(b)
         cand_times.append(c)
     ratio, ratio_ci = median_ci(np.array(cand_times) / np.array(base_times))

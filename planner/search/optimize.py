@@ -1,24 +1,24 @@
-"""`planner optimize`: profile, baseline, study, verification on unseen seeds, plan and report.
+"""`planner optimize`: checks, estimate, study, verification on unseen seeds, plan and report.
 
-    result = optimize(SearchSettings(model="digits-unet", budget="fid+2"))
+    result = optimize(SearchSettings(name="digits-unet", budget="fid+2"))           # loads the model
+    result = optimize(SearchSettings(name="my-sd", budget="psnr>=30"), pipe=pipe)    # a live pipeline
 
-The search minimises measured latency (ratio to the baseline, interleaved) subject to the budget
-(Optuna constraints, point verdict on the search seeds). The fastest feasible configurations are then
-verified on disjoint seeds with more samples and the conservative verdict; the first that holds
-becomes the plan. A plan whose verification failed is never written.
+Everything the user gave is checked before any work: the output path, the budget (every metric must be
+computable here), the prompts, the device. The search runs on the one pipeline given or loaded
+(techniques applied and removed per trial), minimises measured latency (ratio to the baseline,
+interleaved) subject to the budget (Optuna constraints, point verdict on the search seeds, sample sizes
+grown until each clause is decided), then verifies the fastest feasible configurations on unseen seeds
+under the conservative verdict; the first that holds becomes the plan. A plan whose verification failed
+is never written.
 
-Many workers may run the same command against one storage (`--storage`, `--study-name`): each evaluates
-trials on its own device until the study holds `--trials` of them; the worker that finds no trial still
-running elsewhere writes the plan, the others say so and exit 0. `plan_from_study` selects, verifies and
+Many workers may run the same command against one storage (`--storage`, `--study-name`); the worker
+that finds no trial still running elsewhere writes the plan. `plan_from_study` selects, verifies and
 writes the plan of an existing study without running trials.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
-import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,35 +27,35 @@ from pathlib import Path
 import optuna
 import torch
 
-from backends.technique import NotApplicable, apply_all, config_from_dict
+from ground.anatomy import anatomy_of
 from ground.environment import current_environment
 from ground.errors import BudgetNotMet, PlannerError
-from ground.anatomy import denoiser_of
+from ground.files import check_writable
 from ground.identity import fingerprint
 from planner.models import load_pipeline
-from planner.plan import Environment, Measured, MetricResult, ModelRef, Plan, Provenance, Shapes, TechniqueEntry, save_plan
+from planner.plan import Plan, save_plan
+from planner.quality.availability import check_metrics
 from planner.quality.budget import parse_budget
 from planner.search.context import SearchContext, SearchSettings
 from planner.search.cost_model import CostModel
-from planner.search.latency import interleaved_ratio
+from backends.compile import supported_backends
+from planner.search.estimate import estimate
+from planner.search.frontier import frontier_trials, step_frontier
+from planner.search.families import cannot_help, keep_baseline_sampler, requested_families
+from planner.search.logs import quiet_third_party
 from planner.search.objective import Objective
 from planner.search.report import write_report
 from planner.search.study import (counted, default_study_name, finished, join_study, journal_path, open_storage,
                                   running)
-from planner.search.workers import run_trials
+from planner.search.verify import feasible_trials, plan_for, verify_fastest
 from planner.search.work import flops_of
-from ground.generation import default_request
 from profiler import cached_profile
-from search_spaces.compose import DEFAULT_FAMILIES, FAMILIES, within_space
+from search_spaces.compose import within_space
 
-MAX_VERIFICATIONS = 5
 # Settings every worker of a study must share (they decide what a trial measures); stored in the study.
-MEASUREMENT = ("budget", "batch", "resolution", "samples", "baseline_steps", "guidance_scale", "seed", "features",
-               "reference", "techniques", "space")
-PER_WORKER = ("storage", "study_name", "out", "threads", "timeout")  # not stored in the study
-# Known-good starting points, so the search never does worse than the usual hand-set recipes.
-ANCHORS = ({"sampler": "dpmpp_2m", "steps": 20}, {"sampler": "dpmpp_2m", "steps": 10},
-           {"sampler": "unipc", "steps": 8}, {"sampler": "ddim", "steps": 12})
+MEASUREMENT = ("budget", "batch", "height", "width", "dtype", "negative_prompt", "samples", "verify_samples",
+               "baseline_steps", "guidance_scale", "seed", "features", "reference", "calls", "sample_mode")
+PER_WORKER = ("storage", "study_name", "out", "threads", "timeout", "max_minutes", "command", "conditions")
 
 
 @dataclass
@@ -67,26 +67,58 @@ class OptimizeResult:
     trials: int
     report: list[Path] = field(default_factory=list)
     message: str = ""
+    stats: dict = field(default_factory=dict)   # images generated, decisions taken, seconds
 
 
-def _families(requested: tuple[str, ...]) -> list[str]:
-    names = list(requested) or list(DEFAULT_FAMILIES)
-    unknown = [n for n in names if n not in FAMILIES]
-    if unknown:
-        raise PlannerError(f"--techniques: unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
-    if "sampler" not in names:
-        names.insert(0, "sampler")  # the plan always pins sampler and steps: schedules are indexed by step
-    return [n for n in FAMILIES if n in names]
+@dataclass(kw_only=True)
+class _Session:
+    """One worker's view of a search: its study and everything trials are measured against."""
+    settings: SearchSettings
+    budget: object
+    families: list[str]
+    study: optuna.Study
+    study_name: str
+    storage: object
+    storage_desc: str
+    ctx: SearchContext
+    objective: Objective
+    start: float
+    left_out: str | None = None
 
 
-def _profile_provider(pipe, ctx):
-    """profile_for(sampler config) -> the cached profile of `pipe` at that sampler (the schedules and
-    thresholds of the caches are calibrated on it)."""
-    request = default_request(pipe, 4, ctx.settings.seed)
+def default_out(name: str) -> str:
+    return f"{name.strip('/').replace('/', '--') or 'pipeline'}.plan.yaml"
 
-    def profile_for(sampler_config):
-        return cached_profile(pipe, request, sampler=sampler_config, guidance_scale=ctx.settings.guidance_scale)
-    return profile_for
+
+def check_settings(settings: SearchSettings) -> None:
+    """What can be checked without the model: one line, exit 2, before anything is loaded."""
+    for flag, value, low, high in (("--trials", settings.trials, 1, 100_000), ("--batch", settings.batch, 1, 4096),
+                                   ("--baseline-steps", settings.baseline_steps, 1, 1000),
+                                   ("--latency-repeats", settings.latency_repeats, 1, 1000),
+                                   ("--calls", settings.calls, 1, 10**9)):
+        if not low <= value <= high:
+            raise PlannerError(f"{flag}: must be {low}..{high}, got {value}")
+    for flag, value in (("--samples", settings.samples), ("--verify-samples", settings.verify_samples)):
+        if value is not None and not 8 <= value <= 100_000:
+            raise PlannerError(f"{flag}: must be 8..100000 (a confidence interval needs at least 8), got {value}")
+    if settings.threads is not None and settings.threads < 1:
+        raise PlannerError(f"--threads: must be at least 1, got {settings.threads}")
+    for flag, value in (("--timeout", settings.timeout), ("--max-minutes", settings.max_minutes)):
+        if value is not None and not value > 0:
+            raise PlannerError(f"{flag}: must be a positive number of seconds/minutes, got {value}")
+    if settings.guidance_scale is not None and not 0 <= settings.guidance_scale <= 100:
+        raise PlannerError(f"--guidance: must be a number in [0, 100], got {settings.guidance_scale}")
+    for flag, value in (("--height", settings.height), ("--width", settings.width)):
+        if value is not None and not 8 <= value <= 16384:
+            raise PlannerError(f"{flag}: must be 8..16384 pixels, got {value}")
+    parse_budget(settings.budget)
+    requested_families(settings.techniques)
+    if settings.study_name is not None:
+        from planner.search.study import check_study_name
+
+        check_study_name(settings.study_name)
+    if settings.out is not None:
+        check_writable(settings.out, "--out")
 
 
 def _check_worker(study: optuna.Study, env: dict, fp: str, measurement: dict | None = None) -> None:
@@ -104,192 +136,140 @@ def _check_worker(study: optuna.Study, env: dict, fp: str, measurement: dict | N
                            f"this worker loaded {fp}: use another --study-name")
     stored = study.user_attrs.get("settings") or {}
     for key, value in (measurement or {}).items():
-        if key in stored and stored[key] != json.loads(json.dumps(value)):
-            flag = "--guidance" if key == "guidance_scale" else "--" + key.replace("_", "-")
+        if key in stored and stored[key] != json.loads(json.dumps(value, default=str)):
+            flag = {"guidance_scale": "--guidance", "space": "the search space",
+                    "prompts": "--prompts"}.get(key, "--" + key.replace("_", "-"))
             raise PlannerError(f"study {name} measures with {flag} {stored[key]}, this worker with {value}: "
                                f"start every worker with the same options")
 
 
-def _verify(ctx, objective, trial, baseline_flops):
-    """Re-measure one candidate on unseen seeds; returns (evaluation, latency, work_ratio, setup_s)."""
-    configs = [config_from_dict(d) for d in trial.user_attrs["techniques"]]
-    handle = apply_all(ctx.cand_pipe, configs)
-    try:
-        images = ctx.generate_candidate(ctx.verify.request)
-        evaluation = ctx.verify.evaluator.evaluate(images)
-        if not evaluation.holds:
-            return evaluation, None, None, None
-        latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
-                                    repeats=max(7, ctx.settings.latency_repeats))
-        setup = sum(float(h.info.get("setup_s", 0.0)) for h in handle.handles)
-    finally:
-        handle.remove()
-    work = objective.counted_work(configs)
-    return evaluation, latency, (work / baseline_flops if work and baseline_flops else None), setup
-
-
-def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials that met the budget on the search seeds, fastest first."""
-    return sorted((t for t in study.get_trials(deepcopy=False)
-                   if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")),
-                  key=lambda t: t.value)
-
-
-def verify_fastest(ctx, objective, trials, baseline_flops, log):
-    """Verify `trials` in order on unseen seeds, at most MAX_VERIFICATIONS of them; the first that holds wins.
-    Returns ((trial, evaluation, latency, work_ratio, setup_s) or None, verifications run).
-    TPE may propose one configuration several times; it is verified once (same seeds, same verdict)."""
-    tried, seen = 0, set()
-    for trial in trials:
-        if tried == MAX_VERIFICATIONS:
-            break
-        key = json.dumps(trial.user_attrs["techniques"], sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on "
-            f"{ctx.settings.verify_samples} unseen seeds ...")
-        try:
-            evaluation, latency, work_ratio, setup_s = _verify(ctx, objective, trial, baseline_flops)
-        except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
-            log(f"[planner]   cannot run here: {exc}")
-            continue
-        tried += 1
-        if latency is None:
-            log("[planner]   verification failed (conservative verdict):\n" + _indent(evaluation.table()))
-            continue
-        log("[planner]   verification holds:\n" + _indent(evaluation.table()))
-        return (trial, evaluation, latency, work_ratio, setup_s), tried
-    return None, tried
-
-
-def _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary) -> Plan:
-    s = ctx.settings
-    techniques = [TechniqueEntry(**d) for d in trial.user_attrs["techniques"]]
-    steps = next((d["params"]["steps"] for d in trial.user_attrs["techniques"] if d["type"] == "sampler"),
-                 s.baseline_steps)
-    metrics = []
-    for r in evaluation.results:
-        m = r.measured
-        metrics.append(MetricResult(clause=str(r.clause), metric=m.name, value=m.value, ci_low=m.ci_low,
-                                    ci_high=m.ci_high, n=m.n, baseline=r.baseline, holds=bool(r.point),
-                                    holds_conservative=bool(r.conservative)))
-    return Plan(
-        model=ModelRef(name=s.model, pipeline=type(ctx.base_pipe).__name__, fingerprint=ctx.fingerprint),
-        environment=Environment(**current_environment(s.device)),
-        shapes=Shapes(batch=s.batch, resolution=int(ctx.search.images.shape[-1]), steps=steps,
-                      guidance_scale=s.guidance_scale),
-        budget=str(ctx.budget), techniques=techniques,
-        measured=Measured(baseline_steps=s.baseline_steps, baseline_latency_s=latency.baseline_s, plan_latency_s=latency.candidate_s,
-                          speedup=latency.speedup, speedup_ci=latency.speedup_ci, work_ratio=work_ratio,
-                          latency_repeats=latency.repeats, threads=latency.threads, metrics=metrics,
-                          search_seeds=(s.seed, s.samples),
-                          verify_seeds=(ctx.verify_request.seeds[0], len(ctx.verify_request)),
-                          setup_s=setup_s or None, amortised_over_calls=1000 if setup_s else None),
-        provenance=Provenance(command=s.command or f"planner optimize --budget {s.budget} {s.model}",
-                              created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                              study=summary["study"], storage=summary["storage"], trial=trial.number,
-                              trials_run=summary["trials"], search_seconds=round(summary["seconds"], 1)))
-
-
-@dataclass
-class _Session:
-    """One worker's view of a search: its study and everything trials are measured against."""
-    settings: SearchSettings
-    budget: object
-    families: list[str]
-    study: optuna.Study
-    study_name: str
-    storage_desc: str
-    ctx: SearchContext
-    objective: Objective
-    baseline_flops: float | None
-    start: float
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """The pipelines a worker measures with, what they are and where they run."""
-    base_pipe: object
-    cand_pipe: object
-    fingerprint: str
-    environment: dict
-
-
-def _load(settings: SearchSettings) -> Loaded:
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    base_pipe = load_pipeline(settings.model, device=settings.device)
-    cand_pipe = load_pipeline(settings.model, device=settings.device)
-    return Loaded(base_pipe=base_pipe, cand_pipe=cand_pipe, fingerprint=fingerprint(denoiser_of(base_pipe)),
-                  environment=current_environment(settings.device))
-
-
-def _prepare(settings, budget, families, loaded: Loaded, study, study_name, storage_desc, start, log) -> _Session:
-    base_pipe, cand_pipe, fp, env = loaded.base_pipe, loaded.cand_pipe, loaded.fingerprint, loaded.environment
-    log(f"[planner] {settings.model} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
-        f"techniques {','.join(families)}; study {study_name} in {storage_desc}")
-    log(f"[planner] baseline: {settings.baseline_steps} steps; generating {settings.samples} search and "
-        f"{settings.verify_samples} verification samples (cached on disk after the first run) ...")
-    ctx = SearchContext(settings, budget, base_pipe, cand_pipe, fp)
-    base_eval = ctx.search.evaluator.evaluate(ctx.search.images)
-    for r in base_eval.results:
-        if r.baseline is not None:
-            log(f"[planner] baseline {r.clause.metric} on {ctx.search.evaluator.n} search samples: {r.baseline:.3f}")
-    baseline_flops = flops_of(ctx.run_baseline_batch)
-    objective = Objective(context=ctx, families=families,
-                          profile_for=_profile_provider(cand_pipe, ctx) if "cache" in families else None,
-                          cost_model=CostModel(study, settings.baseline_steps, settings.seed),
-                          baseline_flops=baseline_flops)
-    return _Session(settings, budget, families, study, study_name, storage_desc, ctx, objective, baseline_flops, start)
-
-
-def optimize(settings: SearchSettings, log=print) -> OptimizeResult:
-    start = time.time()
-    if settings.trials < 1:
-        raise PlannerError("--trials: must be at least 1")
-    budget = parse_budget(settings.budget)
-    families = _families(settings.techniques)
-    loaded = _load(settings)
-    fp, env = loaded.fingerprint, loaded.environment
-    measurement = {k: getattr(settings, k) for k in ("budget", "device", "batch", "resolution", "samples",
-                                                      "cheap_samples", "baseline_steps", "guidance_scale", "seed",
-                                                      "features", "reference")}
+def _measurement(settings: SearchSettings, families: list[str]) -> dict:
+    out = {k: getattr(settings, k) for k in MEASUREMENT}
+    out["techniques"] = families
+    out["prompts"] = settings.conditions.sha256 if settings.conditions is not None else None
     if settings.space:  # a restricted search is a study of its own
-        measurement["space"] = sorted((k, list(v)) for k, v in settings.space.items())
-    study_name = settings.study_name or default_study_name(settings.model, fp, dict(measurement, techniques=families))
+        out["space"] = sorted((k, list(v)) for k, v in settings.space.items())
+    return json.loads(json.dumps(out, default=str))
+
+
+def _profile_provider(pipe, ctx):
+    """profile_for(sampler config) -> the cached profile of `pipe` at that sampler (the schedules and
+    thresholds of the caches are calibrated on it)."""
+    request = ctx.request(4, ctx.settings.seed, "search")
+
+    def profile_for(sampler_config):
+        return cached_profile(pipe, request, sampler=sampler_config, guidance_scale=ctx.settings.guidance_scale)
+    return profile_for
+
+
+def _families_here(settings, pipe, ctx, log) -> tuple[list[str], list, str | None]:
+    """(families to search, techniques every trial carries, why step cuts and caching were left out)."""
+    families = requested_families(settings.techniques)
+    profile = None
+    if "cache" in families and settings.baseline_steps > 8 and anatomy_of(pipe).distilled() is None:
+        profile = cached_profile(pipe, ctx.request(4, settings.seed, "search"), steps=settings.baseline_steps,
+                                 guidance_scale=settings.guidance_scale)
+    reason = cannot_help(pipe, settings.baseline_steps, profile)
+    if reason is None:
+        return families, [], None
+    log(f"[planner] step cuts and caching cannot help: {reason}; searching "
+        f"{', '.join(f for f in families if f not in ('sampler', 'cache')) or 'nothing else'} at the baseline's "
+        f"own scheduler and {settings.baseline_steps} steps")
+    return [f for f in families if f not in ("sampler", "cache")], [keep_baseline_sampler(settings.baseline_steps)], reason
+
+
+def load_for(settings: SearchSettings, custom_pipeline: str | None = None):
+    from ground.devices import parse_dtype, resolve_device
+
+    resolve_device(settings.device)
+    return load_pipeline(settings.name, device=settings.device, dtype=parse_dtype(settings.dtype),
+                         custom_pipeline=custom_pipeline)
+
+
+def _prepare(settings: SearchSettings, pipe, log, start: float) -> _Session:
+    budget = parse_budget(settings.budget)
+    check_metrics(budget, pipe, settings.features, settings.reference)
+    if settings.conditions is not None:
+        from planner.conditions import check_fits
+
+        check_fits(settings.conditions, pipe)
+    fp = fingerprint(anatomy_of(pipe).denoiser)
+    env = current_environment(settings.device)
+    ctx = SearchContext(settings=settings, budget=budget, pipe=pipe, fingerprint=fp)
+    families, fixed, left_out = _families_here(settings, pipe, ctx, log)
+    guess = estimate(ctx, settings.trials)
+    log(f"[planner] {guess.line()}")
+    if settings.max_minutes is not None and guess.total_s > 60 * settings.max_minutes:
+        raise PlannerError(f"the search would take about {guess.total_s / 60:.0f} minutes, over --max-minutes "
+                           f"{settings.max_minutes:g}; lower --trials or --samples, or raise --max-minutes")
+    measurement = _measurement(settings, families)
+    study_name = settings.study_name or default_study_name(settings.name, fp, measurement)
     storage, storage_desc = open_storage(settings.storage, study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, created = join_study(storage, study_name, settings.seed)
     if created:
         stored = {k: v for k, v in dataclasses.asdict(settings).items() if k not in PER_WORKER}
-        study.set_user_attr("settings", json.loads(json.dumps(dict(stored, techniques=families), default=str)))
+        study.set_user_attr("settings", json.loads(json.dumps(dict(stored, **measurement), default=str)))
         study.set_user_attr("environment", env)
         study.set_user_attr("model_fingerprint", fp)
-        for anchor in [a for a in ANCHORS if within_space(a, settings.space)][:settings.trials]:
-            study.enqueue_trial(anchor, skip_if_exists=True)
-    shared = dict({k: getattr(settings, k) for k in MEASUREMENT if k != "techniques"}, techniques=families)
-    _check_worker(study, env, fp, shared)
-    session = _prepare(settings, budget, families, loaded, study, study_name, storage_desc, start, log)
-    run_trials(study, session.objective, settings.trials, settings.timeout,
-               heartbeat=isinstance(storage, optuna.storages.RDBStorage), log=log)
-    others = running(study)
-    if others:
-        message = (f"{len(others)} trial(s) still running in other workers ({', '.join(str(t.number) for t in others)}); "
-                   f"the worker that finishes last writes the plan, or run: planner plan-from-study "
-                   f"--study-name {study_name} --storage {storage_desc}")
-        log(f"[planner] {message}")
-        return OptimizeResult(None, None, study_name, storage_desc, counted(study), message=message)
-    return _select_and_write(session, log)
+    _check_worker(study, env, fp, measurement)
+    if "sampler" in families:
+        frontier = step_frontier(ctx, study, log)
+        if created:
+            exporter = "onnx" if "onnx" in supported_backends(anatomy_of(pipe).device) else None
+            for params in frontier_trials(frontier, families, exporter, settings.baseline_steps)[:settings.trials]:
+                if within_space(params, settings.space):
+                    study.enqueue_trial(params, skip_if_exists=True)
+    log(f"[planner] {settings.name} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
+        f"techniques {','.join(families) or 'none'}; study {study_name} in {storage_desc}")
+    baseline_flops = flops_of(ctx.run_baseline_batch)
+    objective = Objective(context=ctx, families=families, fixed=fixed,
+                          profile_for=_profile_provider(pipe, ctx) if "cache" in families else None,
+                          cost_model=CostModel(study, settings.baseline_steps, settings.seed),
+                          baseline_flops=baseline_flops)
+    return _Session(settings=settings, budget=budget, families=families, study=study, study_name=study_name,
+                    storage=storage, storage_desc=storage_desc, ctx=ctx, objective=objective, start=start, left_out=left_out)
+
+
+def optimize(settings: SearchSettings, pipe=None, log=print, verbose: bool = False,
+             custom_pipeline: str | None = None) -> OptimizeResult:
+    """Search a plan for `pipe` (or for the model `settings.name`, loaded here)."""
+    from planner.search.workers import run_trials
+
+    start = time.time()
+    check_settings(settings)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    with quiet_third_party(verbose, log):
+        pipe = pipe if pipe is not None else load_for(settings, custom_pipeline)
+        session = _prepare(settings, pipe, log, start)
+        study = session.study
+        run_trials(study, session.objective, settings.trials, settings.timeout,
+                   heartbeat=isinstance(session.storage, optuna.storages.RDBStorage), log=log)
+        others = running(study)
+        if others:
+            message = (f"{len(others)} trial(s) still running in other workers "
+                       f"({', '.join(str(t.number) for t in others)}); the worker that finishes last writes the "
+                       f"plan, or run: {recovery_command(session)}")
+            log(f"[planner] {message}")
+            return OptimizeResult(None, None, session.study_name, session.storage_desc, counted(study), message=message)
+        return _select_and_write(session, log)
+
+
+def recovery_command(session: _Session) -> str:
+    storage = "" if session.settings.storage is None else f" --storage {session.storage_desc}"
+    return f"planner plan-from-study --study-name {session.study_name}{storage} --out PATH"
 
 
 def plan_from_study(study_name: str, storage_url: str | None = None, out: str | None = None,
-                    threads: int | None = None, log=print) -> OptimizeResult:
+                    threads: int | None = None, model: str | None = None, log=print) -> OptimizeResult:
     """Select, verify and write the plan of an existing study (no new trials), with its stored settings."""
     start = time.time()
     if not (storage_url or os.environ.get("PLANNER_STORAGE")) and not journal_path(study_name).exists():
         raise PlannerError(f"--study-name {study_name}: no such study in {journal_path(study_name).parent}; "
                            f"pass the --storage the workers used")
+    if out is not None:
+        check_writable(out, "--out")
     storage, storage_desc = open_storage(storage_url, study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -301,25 +281,32 @@ def plan_from_study(study_name: str, storage_url: str | None = None, out: str | 
         raise PlannerError(f"study {study_name} was not created by `planner optimize` (no stored settings)")
     known = {f.name for f in dataclasses.fields(SearchSettings)}
     values = {k: v for k, v in stored.items() if k in known}
+    if stored.get("prompts"):
+        raise PlannerError(f"study {study_name} was searched on a prompts file; rerun `planner optimize` with "
+                           "the same --prompts to write its plan")
     settings = SearchSettings(**dict(values, techniques=tuple(values.get("techniques", ())), storage=storage_url,
-                                     study_name=study_name, threads=threads,
-                                     out=out or f"{values['model'].strip('/').replace('/', '--')}.plan.yaml"))
-    budget = parse_budget(settings.budget)
-    loaded = _load(settings)
-    _check_worker(study, loaded.environment, loaded.fingerprint)
-    others = running(study)
-    if others:
-        log(f"[planner] note: {len(others)} trial(s) still running; choosing among the {len(finished(study))} finished")
-    session = _prepare(settings, budget, list(settings.techniques), loaded, study, study_name, storage_desc, start, log)
-    return _select_and_write(session, log)
+                                     study_name=study_name, threads=threads, name=model or values["name"],
+                                     out=out or default_out(values["name"]),
+                                     space=dict(values["space"]) if values.get("space") else None))
+    if threads:
+        torch.set_num_threads(threads)
+    with quiet_third_party(False, log):
+        pipe = load_for(settings)
+        _check_worker(study, current_environment(settings.device), fingerprint(anatomy_of(pipe).denoiser))
+        others = running(study)
+        if others:
+            log(f"[planner] note: {len(others)} trial(s) still running; choosing among the {len(finished(study))} finished")
+        session = _prepare(settings, pipe, log, start)
+        return _select_and_write(session, log)
 
 
 def _closest(study, budget) -> str:
-    """The trial nearest to meeting the budget (smallest worst clause margin, on all search samples or
-    on the cascade's first stage when it was pruned there), for the message when none met it."""
+    """The trial nearest to meeting the budget (smallest worst clause margin), for the message when none met it."""
+    import math
+
     best, best_gap = None, math.inf
     for t in study.get_trials(deepcopy=False):
-        values = t.user_attrs.get("metrics") or t.user_attrs.get("cheap")
+        values = t.user_attrs.get("metrics")
         if not values:
             continue
         gaps = []
@@ -331,46 +318,49 @@ def _closest(study, budget) -> str:
             best, best_gap = t, max(gaps)
     if best is None:
         return ""
-    values = best.user_attrs.get("metrics") or best.user_attrs["cheap"]
-    shown = ", ".join(f"{k}: {v:.3g}" for k, v in values.items() if v is not None)
+    shown = ", ".join(f"{k}: {v:.3g}" for k, v in best.user_attrs["metrics"].items() if v is not None)
     return f"; closest: trial {best.number} ({best.user_attrs.get('label', '')}) with {shown}"
 
 
 def _select_and_write(session: _Session, log) -> OptimizeResult:
     settings, study, ctx, budget = session.settings, session.study, session.ctx, session.budget
-    start = session.start
-    summary = {"model": settings.model, "study": session.study_name, "storage": session.storage_desc,
-               "trials": len(finished(study)), "seconds": time.time() - start}
-    feasible = feasible_trials(study)
-    out = Path(settings.out)
-    chosen, plan, message = None, None, ""
-    verified, _ = verify_fastest(ctx, session.objective, feasible, session.baseline_flops, log)
+    summary = {"model": settings.name, "study": session.study_name, "storage": session.storage_desc,
+               "trials": len(finished(study)), "seconds": time.time() - session.start,
+               "left_out": session.left_out}
+    feasible = feasible_trials(study, settings.baseline_steps)
+    out = Path(settings.out) if settings.out is not None else None   # the Python API may only want the plan
+    verified, verifications = verify_fastest(ctx, session.objective, feasible, log)
+    plan, message = None, ""
     if verified is not None:
-        trial, evaluation, latency, work_ratio, setup_s = verified
-        summary["seconds"] = time.time() - start
-        plan = _plan_for(ctx, trial, evaluation, latency, work_ratio, setup_s, summary)
-        chosen = trial.number
-    if plan is None:
+        summary["seconds"] = time.time() - session.start
+        plan = plan_for(ctx, verified, summary)
+    else:
         best = feasible[0] if feasible else None
-        message = (f"no configuration met {budget} on verification; best on the search seeds: "
+        message = (f"no configuration faster than the baseline met {budget} on verification; best on the search seeds: "
                    f"{best.user_attrs['label']} at {best.user_attrs['speedup']:.2f}x" if best else
-                   f"no configuration met {budget} on the search seeds in {summary['trials']} trials"
+                   f"no configuration faster than the baseline met {budget} on the search seeds in {summary['trials']} trials"
                    + _closest(study, budget))
-    summary_out = dict(summary, seconds=round(time.time() - start, 1), chosen_trial=chosen)
-    report = write_report(study, budget, out, chosen, summary_out)
-    if plan is None:
-        raise BudgetNotMet(message + f"; no plan written (report: {report[1]})")
-    save_plan(plan, out)
+    summary_out = dict(summary, seconds=round(time.time() - session.start, 1),
+                       chosen_trial=verified.trial.number if verified else None,
+                       baseline_images=ctx.baseline.generated)
+    report = []
+    try:
+        if out is not None:
+            report = write_report(study, budget, out, summary_out["chosen_trial"], summary_out)
+        if plan is None:
+            raise BudgetNotMet(message + (f"; no plan written (report: {report[1]})" if report else ""))
+        if out is not None:
+            save_plan(plan, out)
+    except OSError as exc:
+        raise PlannerError(f"--out {out}: cannot write ({exc.strerror or exc}); the study is kept: "
+                           f"{recovery_command(session)}") from None
     m = plan.measured
-    log(f"[planner] wrote {out}: {m.speedup:.2f}x faster than the {settings.baseline_steps}-step baseline "
+    log(f"[planner] {'wrote ' + str(out) if out else 'plan'}: {m.speedup:.2f}x faster than the {settings.baseline_steps}-step baseline "
         f"(95% CI {m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f}; counted work ratio "
         f"{m.work_ratio if m.work_ratio is None else round(m.work_ratio, 3)}), {summary['trials']} trials, "
-        f"{time.time() - start:.0f}s; report {report[1]}")
-    return OptimizeResult(plan, out, session.study_name, session.storage_desc, summary["trials"], report)
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
-
-
-logging.getLogger("optuna").setLevel(logging.WARNING)
+        f"{time.time() - session.start:.0f}s, {ctx.baseline.generated} baseline images generated"
+        + (f"; report {report[1]}" if report else ""))
+    stats = {"baseline_images": ctx.baseline.generated, "candidate_images": ctx.candidate_images,
+             "decisions": ctx.decisions, "verifications": verifications,
+             "seconds": round(time.time() - session.start, 1)}
+    return OptimizeResult(plan, out, session.study_name, session.storage_desc, summary["trials"], report, stats=stats)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import optuna
 
+from ground.files import atomic_path, write_text_atomic
+
 
 def _completed(study):
     return [t for t in study.get_trials(deepcopy=False) if "latency_ratio" in t.user_attrs]
@@ -65,7 +67,8 @@ def write_report(study, budget, out_base: Path, chosen_trial: int | None, summar
         ax.grid(alpha=0.3)
     fig.tight_layout()
     png = out_base.with_suffix(".pareto.png")
-    fig.savefig(png, dpi=110)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     written.append(png)
 
@@ -84,18 +87,18 @@ def write_report(study, budget, out_base: Path, chosen_trial: int | None, summar
               if t.state == optuna.trial.TrialState.PRUNED]
     md = [f"# Search report: {summary.get('model')} at `{budget}`", "",
           f"- trials: {sum(states.values())} ({', '.join(f'{k.lower()} {v}' for k, v in sorted(states.items()))})",
-          f"- pruned by the fidelity cascade: {sum('cascade' in p for p in pruned)}, by the cost model: "
+          f"- pruned when a clause was decided to fail: {sum('quality decided' in p for p in pruned)}, by the cost model: "
           f"{sum('cost model' in p for p in pruned)}, not applicable: {sum('applicable' in p for p in pruned)}",
           *(f"- {k.replace('_', ' ')}: {v}" for k, v in summary.items() if k not in ("model", "trials")), "",
           "## Top trials (search seeds, point verdict; speed-up = baseline latency / plan latency, interleaved)",
           "", *table, "", f"![Pareto front]({png.name})", ""]
     report = out_base.with_suffix(".report.md")
-    report.write_text("\n".join(md))
+    write_text_atomic(report, "\n".join(md))
     written.append(report)
 
     page = out_base.with_suffix(".pareto.html")
     data = json.dumps(rows)
-    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>planner search: {html.escape(str(summary.get('model')))}</title>
+    write_text_atomic(page, f"""<!doctype html><html><head><meta charset="utf-8"><title>planner search: {html.escape(str(summary.get('model')))}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}</style></head>
 <body><h1>Search report: {html.escape(str(summary.get('model')))} at <code>{html.escape(str(budget))}</code></h1>
 <img src="{html.escape(png.name)}" alt="Pareto front"><h2>Trials</h2><table id="t"></table>

@@ -6,7 +6,8 @@ no server, and several processes on one machine may share it (the journal uses f
 machines can join; heartbeats there let a dead worker's running trial be failed and retried.
 
 Which trials count towards `--trials` (across all workers): those that produced a result or failed on
-their own (COMPLETE, PRUNED, FAIL with an `error` attribute) and those still RUNNING. A trial that failed
+their own (COMPLETE, PRUNED, FAIL with an `error` attribute) and those still RUNNING; not a configuration
+proposed again, which gets its earlier measurement for free. A trial that failed
 because its worker was interrupted or died is re-run instead: by the heartbeat's retry on a database,
 or, on the journal, by the next worker started on the same machine (`reclaim_dead_trials`).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import optuna
 
 from ground.cache import cache_dir
-from ground.errors import PlannerError
+from ground.errors import PlannerError, printable
 
 HEARTBEAT_S = 30   # a RUNNING trial records a heartbeat this often (database storage only)
 GRACE_S = 120      # ... and is failed (then retried once) when none came for this long
@@ -55,8 +56,19 @@ def default_study_name(model: str, fingerprint: str, measurement: dict) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
+
+
+def check_study_name(study_name: str) -> str:
+    """A study name is a file name in the cache's studies/ folder: letters, digits, '.', '_', '-'."""
+    if not STUDY_NAME.match(study_name or "") or ".." in study_name:
+        raise PlannerError(f"--study-name {printable(study_name, 60)!r}: use 1-120 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit")
+    return study_name
+
+
 def journal_path(study_name: str) -> Path:
-    return cache_dir("studies") / f"{study_name}.journal"
+    return cache_dir("studies") / f"{check_study_name(study_name)}.journal"
 
 
 def open_storage(url: str | None, study_name: str):
@@ -70,8 +82,14 @@ def open_storage(url: str | None, study_name: str):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        Path(url[len("journal:"):]).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):])), url
+        path = url[len("journal:"):]
+        try:
+            if not path or Path(path).is_dir():
+                raise IsADirectoryError(21, "give a journal file, not a folder")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(path)), url
+        except OSError as exc:
+            raise PlannerError(f"--storage {printable(url, 120)}: cannot open ({exc.strerror or type(exc).__name__})") from None
     if url.startswith(("postgres", "mysql", "sqlite")):
         return _rdb_storage(database_url(url), shown=_redact(url)), _redact(url)
     raise PlannerError(f"--storage {_redact(url)}: use postgresql://..., mysql://..., sqlite:///PATH or journal:PATH")
@@ -147,7 +165,10 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Does this trial count towards --trials? (See the module docstring.)"""
+    """Does this trial count towards --trials? (See the module docstring.) A configuration proposed
+    again is given its earlier measurement and costs nothing: it does not count."""
+    if "repeat_of" in trial.user_attrs:
+        return False
     if trial.state == TrialState.PRUNED:
         return trial.user_attrs.get("pruned_by") != OVER_CAP
     if trial.state == TrialState.FAIL:
@@ -162,6 +183,19 @@ def counted(study: optuna.Study, below: int | None = None) -> int:
 
 def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+class RepeatGuard:
+    """Stops this worker's loop when its last `limit` trials were all configurations measured before:
+    the sampler has nothing new to propose in a space this small."""
+
+    def __init__(self, limit: int = 12) -> None:
+        self.limit, self.run = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.run = self.run + 1 if "repeat_of" in trial.user_attrs else 0
+        if self.run >= self.limit:
+            study.stop()
 
 
 class TrialCap:

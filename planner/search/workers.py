@@ -17,7 +17,7 @@ import optuna
 
 from ground.errors import first_line
 from planner.search.progress import ProgressBar
-from planner.search.study import OVER_CAP, TrialCap, counted, reclaim_dead_trials, worker_id
+from planner.search.study import OVER_CAP, RepeatGuard, TrialCap, counted, reclaim_dead_trials, worker_id
 
 
 # Set by Ctrl-C during the loop. A KeyboardInterrupt raised inside a storage call (the journal's file
@@ -89,6 +89,7 @@ def run_trials(study: optuna.Study, objective, trials: int, timeout: float | Non
     for handler in logging.getLogger("optuna").handlers:
         handler.addFilter(_QUIET_INTERRUPT)
     run = worker_trial(objective, trials)
+    repeats = RepeatGuard()
     _interrupted.clear()
     # Only where Ctrl-C already raises KeyboardInterrupt (not where SIGINT is ignored, nor off the main thread).
     ours = threading.current_thread() is threading.main_thread() and \
@@ -98,13 +99,13 @@ def run_trials(study: optuna.Study, objective, trials: int, timeout: float | Non
         with ProgressBar(study, trials, timeout) as progress:
             while done < trials and (deadline is None or time.time() < deadline):
                 study.optimize(run, timeout=None if deadline is None else max(0.0, deadline - time.time()),
-                               catch=(Exception,), callbacks=[TrialCap(trials), progress])
+                               catch=(Exception,), callbacks=[TrialCap(trials), repeats, progress])
                 if _interrupted.is_set():
                     raise KeyboardInterrupt
                 fail_stale(study)
                 now = counted(study)
-                if now == done and not _waiting(study):
-                    break  # no progress and nothing queued: do not spin
+                if (now == done and not _waiting(study)) or repeats.run >= repeats.limit:
+                    break  # no progress and nothing queued, or nothing new to propose: do not spin
                 done = now
     except Exception:
         if _interrupted.is_set():

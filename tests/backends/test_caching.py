@@ -1,5 +1,7 @@
 """Caching techniques: exactness when disabled or removed, less counted work when enabled, closeness to
-the baseline, no stale state across calls, every applicable pipeline family, regional compilation."""
+the baseline (measured bounds), no stale state across calls, compositions with a sampler, tokens and
+quantisation, cfg_reuse on the tiny Stable Diffusion, every applicable pipeline family, regional
+compilation."""
 from __future__ import annotations
 
 import pytest
@@ -10,40 +12,30 @@ import backends
 from backends.caching import (BlockScheduleConfig, CFGReuseConfig, DeepCacheConfig, FirstBlockCacheConfig,
                               TaylorSeerConfig, TeaCacheConfig)
 from backends.caching.common import WorkCounter, residual_blocks, transformer_blocks
+from backends.quantization import QuantizeConfig
+from backends.sampler import SamplerConfig
 from backends.technique import ConfigError, NotApplicable, config_from_dict, why_not_applicable
+from backends.tokens import ToDoConfig
 from ground.hooks import attached
 from ground.generation import default_request, generate
-from planner.demo import WEIGHTS_DIR
 from ground.anatomy import denoiser_of
-from backend_helpers import demo_pipeline
+from backend_helpers import demo_pipeline, psnr
+from planner.demo.tiny_pipelines import build_tiny_pipeline
+from planner.models import load_pipeline
 
 STEPS = 10
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+# Every closeness bound below is a measured value minus a margin; measured at one thread (this module
+# runs at one: deterministic, and fast on shared cores), 2026-11-28, on the 2-core dev machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 _PIPES: dict = {}
 
 
 def _pipe(name):
     if name not in _PIPES:
-        _PIPES[name] = demo_pipeline(name)
+        _PIPES[name] = load_pipeline(name) if name.startswith("tiny-") else demo_pipeline(name)
     return _PIPES[name]
-
-
-def _trained(name) -> bool:
-    return (WEIGHTS_DIR / name / "model_index.json").exists()
-
-
-def _psnr(a, b) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
 _BASE: dict = {}
@@ -80,10 +72,14 @@ ENABLED = {
                    TaylorSeerConfig(interval=2, order=1), CFGReuseConfig(interval=2), "schedule"],
 }
 
-# PSNR (dB) each enabled setting must keep against the uncached baseline (same seeds, same 10 DDIM
-# steps). Trained weights: measured values are listed in the report; random weights give noise-like
-# images whose cached versions are compared by the looser relative-error bound instead.
-MIN_PSNR_TRAINED = 25.0
+# PSNR (dB) each enabled setting measured against the uncached baseline on the shipped weights (seeds
+# 0-3, 10 DDIM steps, one thread, 2026-11-28), in the order of ENABLED; the test requires the measured
+# value minus 3 dB, but never less than 25 dB (the bound before measurement; FBC/TeaCache on digits-dit
+# measured 25.52 and keep it).
+MEASURED_PSNR = {
+    "digits-unet": [32.76, 39.30, 39.20, 43.89, 36.51],
+    "digits-dit": [25.52, 25.52, 38.91, 40.19, 35.13],
+}
 
 
 def _cases(table):
@@ -125,12 +121,8 @@ def test_enabled_does_less_work_and_stays_close(name, i):
     assert torch.equal(out, again), "second call differs: stale cache"
     assert counter.rows < base_rows, f"{config.label()}: no work saved ({counter.rows} vs {base_rows})"
     assert stats["reused"] > 0
-    assert torch.isfinite(out).all()
-    if _trained(name):
-        assert _psnr(out, base) > MIN_PSNR_TRAINED, f"{config.label()}: PSNR {_psnr(out, base):.1f} dB"
-    else:
-        rel = float((out - base).norm() / base.norm())
-        assert rel < 0.5, f"{config.label()}: relative error {rel:.3f}"
+    bound = max(25.0, MEASURED_PSNR[name][i] - 3.0)
+    assert psnr(out, base) > bound, f"{config.label()}: PSNR {psnr(out, base):.2f} dB, needs > {bound:.2f}"
     assert torch.equal(generate(pipe, default_request(pipe, 4), steps=STEPS), base)
 
 
@@ -243,20 +235,68 @@ def test_schedule_for_other_step_count_does_not_reuse():
     assert torch.equal(out, base)
 
 
-def test_composes_with_sampler_and_other_caches():
-    from backends.sampler import SamplerConfig
+_SAMPLER = SamplerConfig(name="dpmpp_2m", steps=8)
 
-    pipe = _pipe("digits-dit")
-    configs = [SamplerConfig(name="dpmpp_2m", steps=8), CFGReuseConfig(interval=2),
-               FirstBlockCacheConfig(threshold=0.3, max_skips=2)]
-    base = generate(pipe, default_request(pipe, 2), steps=8)
+
+# Composition vs the same sampler alone, so that the bound measures what the other techniques change
+# (seeds 0-1, DPM-Solver++ 8 steps, one thread, 2026-11-28): measured PSNR 27.51 dB (work units' rows
+# 196 of the sampler's 256), 22.11 dB (172 of 256), 28.92 dB (368 of 608); required: measured minus 3 dB.
+@pytest.mark.parametrize("model,configs,min_psnr", [
+    ("digits-dit", [_SAMPLER, CFGReuseConfig(interval=2), FirstBlockCacheConfig(threshold=0.3, max_skips=2)], 24.5),
+    ("digits-dit", [_SAMPLER, ToDoConfig(factor=2, method="avg"), QuantizeConfig(mode="bf16"),
+                    FirstBlockCacheConfig(threshold=0.3, max_skips=2)], 19.1),
+    ("digits-unet", [_SAMPLER, QuantizeConfig(mode="int8_dynamic"), DeepCacheConfig(branch=0, interval=2)], 25.9),
+], ids=["dit-cfg_reuse+fbc", "dit-todo+bf16+fbc", "unet-int8+deepcache"])
+def test_composes_with_sampler_and_other_techniques(model, configs, min_psnr):
+    pipe = _pipe(model)
+    request = default_request(pipe, 2)
+    base = generate(pipe, request, steps=8)
+    only = backends.apply(pipe, configs[0])
+    try:
+        with WorkCounter(pipe) as sampler_work:
+            reference = generate(pipe, request, steps=50)   # the sampler pins 8 steps
+    finally:
+        only.remove()
     handle = backends.apply_all(pipe, configs)
     try:
-        out = generate(pipe, default_request(pipe, 2), steps=50)   # the sampler pins 8 steps
-        assert torch.isfinite(out).all()
+        with WorkCounter(pipe) as work:
+            out = generate(pipe, request, steps=50)
+        reused = [h.info["runtime"].stats["reused"] for h in handle.handles if "runtime" in h.info]
     finally:
         handle.remove()
-    assert torch.equal(generate(pipe, default_request(pipe, 2), steps=8), base)
+    assert reused and all(r > 0 for r in reused), f"a cache never reused ({reused})"
+    assert work.rows < sampler_work.rows, f"no work saved ({work.rows} vs {sampler_work.rows} rows)"
+    assert psnr(out, reference) > min_psnr, f"PSNR {psnr(out, reference):.2f} dB vs the sampler alone"
+    assert torch.equal(generate(pipe, request, steps=8), base)
+
+
+# tiny-sd, seeds 0-1, 10 DDIM steps, one thread (2026-11-28): PSNR against the unaccelerated images,
+# reused steps and denoiser rows (of 40). Required: measured minus 3 dB. At guidance g a reuse step's error
+# is (g-1)|delta_t - delta_t-1|; with the halves swapped it would be g|...|, only 1.2 dB worse at g=7.5
+# (measured 60.12 dB) but 9.5 dB worse at g=1.5 (73.76 and 64.48 dB), which these bounds reject.
+@pytest.mark.parametrize("guidance, interval, measured_psnr, reused, rows", [
+    (7.5, 2, 61.36, 3, 34),
+    (1.5, 2, 83.30, 3, 34),
+    (1.5, 3, 74.02, 5, 30),
+])
+def test_cfg_reuse_on_tiny_sd_stays_close_and_skips_unconditional_rows(guidance, interval, measured_psnr, reused, rows):
+    """cfg_reuse on a real StableDiffusionPipeline (tiny, random weights), [uncond; cond] layout."""
+    pipe = _pipe("tiny-sd")
+    request = default_request(pipe, 2)
+    with WorkCounter(pipe) as base_work:
+        base = generate(pipe, request, steps=10, guidance_scale=guidance)
+    handle = backends.apply(pipe, CFGReuseConfig(interval=interval))
+    try:
+        with WorkCounter(pipe) as work:
+            out = generate(pipe, request, steps=10, guidance_scale=guidance)
+        stats = dict(handle.info["runtime"].stats)
+    finally:
+        handle.remove()
+    assert stats["reused"] == reused and work.denoiser_rows == rows < base_work.denoiser_rows == 40, \
+        (stats, work.denoiser_rows)
+    assert work.rows < base_work.rows
+    assert psnr(out, base) > measured_psnr - 3, f"PSNR {psnr(out, base):.2f} dB"
+    assert torch.equal(generate(pipe, request, steps=10, guidance_scale=guidance), base)
 
 
 def _compile_blocks(modules):
@@ -300,17 +340,32 @@ TINY = ("sd", "sdxl", "pixart", "sd3", "flux", "dit", "ddpm", "ddim")
 TINY_CONFIGS = [DeepCacheConfig(branch=0, interval=2), "schedule", FirstBlockCacheConfig(threshold=2.0, max_skips=1),
                 TeaCacheConfig(threshold=10.0, max_skips=1), TaylorSeerConfig(interval=2, warmup=1),
                 CFGReuseConfig(interval=2, warmup=1)]
+# PSNR (dB) of each applicable cache against the uncached tiny pipeline (random weights seed 0, seeds
+# 0-1, 4 steps of its own scheduler, one thread, 2026-11-28); the test requires measured minus 3 dB.
+# The pixel-space ddpm/ddim UNets with random weights drift most (their images are noise-like).
+MEASURED_TINY_PSNR = {
+    "sd": {"deepcache": 46.90, "block_schedule": 39.13, "taylorseer": 38.62, "cfg_reuse": 40.91},
+    "sdxl": {"deepcache": 56.49, "block_schedule": 60.17, "taylorseer": 42.05, "cfg_reuse": 47.42},
+    "pixart": {"block_schedule": 75.18, "first_block_cache": 76.67, "teacache": 76.67, "taylorseer": 75.83,
+               "cfg_reuse": 50.54},
+    "sd3": {"block_schedule": 49.74, "first_block_cache": 62.99, "teacache": 62.98, "taylorseer": 60.61,
+            "cfg_reuse": 57.12},
+    "flux": {"block_schedule": 53.14, "first_block_cache": 63.01, "teacache": 66.02, "taylorseer": 60.71},
+    "dit": {"block_schedule": 54.92, "first_block_cache": 60.15, "teacache": 60.15, "taylorseer": 56.14,
+            "cfg_reuse": 38.69},
+    "ddpm": {"deepcache": 19.70, "block_schedule": 18.01, "taylorseer": 15.41},
+    "ddim": {"deepcache": 13.48, "block_schedule": 11.62, "taylorseer": 9.28},
+}
 
 
 @pytest.mark.parametrize("family", TINY)
 def test_every_family_it_applies_to(family):
-    tiny = pytest.importorskip("planner.demo.tiny_pipelines")
-    pipe = tiny.build_tiny_pipeline(family, seed=0)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = build_tiny_pipeline(family, seed=0)
     request = default_request(pipe, 2)
     steps = 4
-    base = generate(pipe, request, steps=steps)
-    applied = 0
+    with WorkCounter(pipe) as base_work:
+        base = generate(pipe, request, steps=steps)
+    applied = []
     for config in TINY_CONFIGS:
         if config == "schedule":
             names = [n for n, _ in residual_blocks(pipe)]
@@ -320,7 +375,7 @@ def test_every_family_it_applies_to(family):
             with pytest.raises(NotApplicable):
                 backends.apply(pipe, config)
             continue
-        applied += 1
+        applied.append(config.type)
         handle = backends.apply(pipe, config)
         try:
             with WorkCounter(pipe) as counter:
@@ -329,8 +384,10 @@ def test_every_family_it_applies_to(family):
             block_stats = getattr(handle.info["runtime"], "block_stats", None)
         finally:
             handle.remove()
-        assert out.shape == base.shape and torch.isfinite(out).all(), config.label()
+        assert out.shape == base.shape, config.label()
         assert stats["reused"] > 0 or (block_stats or {}).get("reused", 0) > 0, f"{family}: {config.label()} never reused"
-        assert counter.calls > 0
+        assert 0 < counter.rows < base_work.rows, f"{family}: {config.label()} saved no work ({counter.rows} rows)"
+        bound = MEASURED_TINY_PSNR[family][config.type] - 3.0
+        assert psnr(out, base) > bound, f"{family}: {config.label()}: PSNR {psnr(out, base):.2f} dB, needs > {bound:.2f}"
         assert torch.equal(generate(pipe, request, steps=steps), base), f"{family}: {config.label()} not restored"
-    assert applied >= 2
+    assert sorted(applied) == sorted(MEASURED_TINY_PSNR[family]), f"{family}: applied {applied}"

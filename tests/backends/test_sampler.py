@@ -50,13 +50,23 @@ def test_removal_is_exact(digits_unet):
     assert torch.equal(generate(digits_unet, request, steps=10), before)
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", ["dpmpp_2m", "unipc", "euler"])
 def test_other_samplers_run_under_ddim_pipeline(name):
-    """DDIMPipeline passes eta= to scheduler.step; the swapped-in sampler must still run."""
+    """DDIMPipeline passes eta= to scheduler.step; the swapped-in sampler must still run its pinned steps."""
     from planner.models import load_pipeline
 
     pipe = load_pipeline("tiny-ddim")
+    request = Request((None,), (0,))
+    before = generate(pipe, request, steps=3)
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
     handle = backends.apply(pipe, SamplerConfig(name=name, steps=3))
-    images = generate(pipe, Request((None,), (0,)))
-    handle.remove()
-    assert torch.isfinite(images).all()
+    try:
+        images = generate(pipe, request, steps=50)   # the sampler pins 3 steps
+    finally:
+        handle.remove()
+        hook.remove()
+    assert len(calls) == 3 and torch.isfinite(images).all()
+    assert not torch.equal(images, before)   # another sampler's 3 steps land elsewhere than DDIM's
+    assert torch.equal(generate(pipe, request, steps=3), before)

@@ -145,6 +145,9 @@ def test_cpu_dry_run(tmp_path):
             if "speedup" in row and math.isfinite(row["speedup"]) and math.isfinite(row["rel_l2"]):
                 measured.append((m, label))
     assert measured, "no technique was measured"
+    compiled = doc["models"]["sd15"]["techniques"].get("compile_regional", {})
+    if "speedup" in compiled:   # compile time is kept apart from the per-call latency
+        assert compiled["build_s"] > 0 and compiled["warmup_ms"]
     assert any(doc["models"][m].get("profiler") for m in MODELS)   # the per-block sum is reported
     if doc["sections"]["optimize"]["status"] == "ok":
         assert doc["optimize"]["returncode"] is not None

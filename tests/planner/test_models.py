@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from helpers import shipped_weights
 
 from planner.demo.data import digits_split
 from ground.generation import Request, default_request, generate
@@ -14,9 +15,7 @@ from ground.errors import PlannerError
 
 @pytest.mark.parametrize("name", ["digits-unet", "digits-dit"])
 def test_shipped_weights_are_safetensors_and_small(name):
-    folder = WEIGHTS_DIR / name
-    if not (folder / "model_index.json").exists():
-        pytest.skip(f"{name} not trained yet")
+    folder = shipped_weights(name)   # fails, naming the folder, if the shipped files are missing
     files = list(folder.rglob("*"))
     assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     weights = [f for f in files if f.suffix == ".safetensors"]
@@ -59,8 +58,9 @@ def test_feature_net_meets_its_bar():
     assert info["dead_dimensions"] == 0 and info["reference_covariance_rank"] == info["feature_dim"]
 
 
-@pytest.mark.parametrize("fixture", ["digits_unet", "digits_dit"])
-def test_class_accuracy_at_50_ddim_steps(fixture, request):
+# measured 100% (digits-unet) and 92% (digits-dit) on these 100 seeds (2026-11-28)
+@pytest.mark.parametrize("fixture, bar", [("digits_unet", 0.97), ("digits_dit", 0.90)])
+def test_class_accuracy_at_50_ddim_steps(fixture, bar, request):
     from ground.anatomy import anatomy_of
     from planner.quality.accuracy import per_image_correct
 
@@ -68,13 +68,14 @@ def test_class_accuracy_at_50_ddim_steps(fixture, request):
     req = default_request(pipe, 100, seed=1234)
     images = generate(pipe, req, steps=50)
     correct = per_image_correct(images, req.conditions, anatomy_of(pipe).label_classifier())
-    assert correct.mean() >= 0.90, f"{fixture}: only {correct.mean():.0%} of samples show the asked digit"
+    assert correct.mean() >= bar, f"{fixture}: only {correct.mean():.0%} of samples show the asked digit"
 
 
-def test_unknown_model_is_one_line_error():
+@pytest.mark.parametrize("name", ["no-such-model", "tiny-nope"])   # tiny-nope: not a tiny family
+def test_unknown_model_is_one_line_error(name):
     with pytest.raises(PlannerError) as err:
-        load_pipeline("no-such-model")
-    assert "\n" not in str(err.value) and "no-such-model" in str(err.value)
+        load_pipeline(name)
+    assert "\n" not in str(err.value) and name in str(err.value)
 
 
 def test_split_is_fixed_and_disjoint():

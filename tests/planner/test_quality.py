@@ -50,8 +50,8 @@ def test_fid_of_a_set_against_itself_is_zero(reference):
 def test_kid_unbiased_and_sensitive():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
-    assert abs(kid(x, y)) < 0.02
-    assert kid(x + 0.7, y) > 0.2
+    assert abs(kid(x, y)) < 0.012        # measured 0.0059 (these seeds)
+    assert kid(x + 0.7, y) > 1.3         # measured 2.67
     w = np.ones(400)
     assert kid(x, y, w) == pytest.approx(kid(x, y))
 
@@ -68,7 +68,8 @@ def test_weighted_stats_equal_explicit_duplication():
 
 def test_real_digits_against_held_out_is_small(digits, reference):
     feats = digits[2](digits[0][:720])
-    assert fid(feats, reference.stats) < 2.0  # features are unit-variance scaled: real vs real is ~1
+    # features are unit-variance scaled: real vs real measured 0.92 (720 training digits vs the 360 held out)
+    assert fid(feats, reference.stats) < 1.4
 
 
 # ---- bootstrap --------------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_bootstrap_is_seeded_and_covers_the_value():
     a, b = mean_metric("m", values, seed=7), mean_metric("m", values, seed=7)
     assert a == b
     assert a.ci_low < a.value < a.ci_high and a.n == 500
-    assert a.ci_width == pytest.approx(2 * 1.96 / math.sqrt(500), rel=0.3)
+    assert a.ci_width == pytest.approx(2 * 1.96 / math.sqrt(500), rel=0.06)   # measured 0.1695 vs 0.1753
 
 
 # ---- paired metrics ----------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def test_psnr_known_value_and_ssim_drops(digits):
     shifted = images + 0.1
     assert psnr(shifted, images).value == pytest.approx(20.0)
     noisy = (images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    assert ssim(noisy, images).value < 0.9
+    assert ssim(noisy, images).value < 0.8   # measured 0.722
 
 
 def test_lpips_and_clip_report_unavailable(digits, monkeypatch):
@@ -121,7 +122,7 @@ def test_label_accuracy_of_real_digits(digits):
 
     images, labels, extractor = digits
     result = accuracy(images[:300], labels[:300].tolist(), extractor.logits)
-    assert result.value > 95 and result.ci_low <= result.value <= result.ci_high
+    assert result.value >= 99 and result.ci_low <= result.value <= result.ci_high   # measured 100.0
 
 
 # ---- budget language ---------------------------------------------------------------------------------
@@ -160,7 +161,8 @@ def test_digits_features_grey_and_rgb_any_size(digits):
     grey = digits[0][:4]
     assert ex(grey).shape == (4, 64) and ex(grey).dtype == torch.float64
     rgb_big = torch.nn.functional.interpolate(grey, size=(32, 32), mode="bilinear").expand(-1, 3, -1, -1)
-    assert torch.allclose(ex(rgb_big), ex(grey), atol=0.5)  # same digits, resized and colour-replicated
+    # same digits, resized and colour-replicated: measured max |diff| 0.289 (mean |feature| 0.85)
+    assert torch.allclose(ex(rgb_big), ex(grey), atol=0.44)
     assert ex([grey[0], rgb_big[1]]).shape == (2, 64)
 
 
@@ -231,7 +233,8 @@ def test_evaluator_verdicts_on_real_digits(digits, reference):
     bad = ev.evaluate(broken)
     assert not bad.holds and not bad.point_holds
     fid_row = bad.results[0]
-    assert fid_row.measured.value > 2 and fid_row.measured.ci_low > 2  # clearly fails, CI included
+    # clearly fails, CI included: measured ΔFID 17.8 [16.4, 19.2]
+    assert fid_row.measured.value > 9 and fid_row.measured.ci_low > 8
     assert "fid+2" in bad.table() and bad.to_dict()["clauses"][0]["clause"] == "fid+2"
 
 
@@ -279,10 +282,7 @@ def random_unet(tmp_path_factory):
 
 
 def _evaluate(*argv) -> int:
-    try:
-        from planner.cli import main
-    except ImportError:  # before the top-level CLI exists
-        from planner.quality.cli import main
+    from planner.cli import main
 
     return main(["evaluate", *map(str, argv)])
 
@@ -364,4 +364,5 @@ def test_label_accuracy_of_digits_unet():
     from planner.models import load_pipeline
 
     images, request = _generate(5, 64, 0)
-    assert accuracy(images, request.conditions, anatomy_of(load_pipeline("digits-unet")).label_classifier()).value > 80
+    # measured 100.0 (64 samples, 5 DDIM steps, 2026-11-28)
+    assert accuracy(images, request.conditions, anatomy_of(load_pipeline("digits-unet")).label_classifier()).value > 95

@@ -6,7 +6,7 @@ from planner.search.optimize import optimize
 def test_optimize_searches_only_the_given_space(digits_unet, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = {"sampler": ["ddim"], "steps": [5, 6]}
-    settings = SearchSettings(model="digits-unet", budget="psnr>=12", trials=2, samples=16, cheap_samples=8,
+    settings = SearchSettings(name="digits-unet", budget="psnr>=12", trials=2, samples=16,
                               verify_samples=16, batch=2, baseline_steps=10, techniques=("sampler",), space=space,
                               latency_repeats=1, threads=1, out=str(tmp_path / "p.yaml"))
     result = optimize(settings, log=lambda *_: None)

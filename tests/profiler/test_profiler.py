@@ -10,7 +10,6 @@ import torch
 
 import profiler
 from ground.generation import Request, default_request, generate
-from planner.demo import WEIGHTS_DIR
 from ground.anatomy import denoiser_of
 from planner.models import load_pipeline
 from profiler import Profile, cached_profile, fit_polynomial, profile_pipeline
@@ -129,10 +128,6 @@ def test_cache_reuses_matching_profile(tmp_path):
 
 
 def _tiny(family):
-    from planner.demo import tiny_pipelines
-
-    if family not in getattr(tiny_pipelines, "TINY_FAMILIES", ()):
-        pytest.skip(f"tiny-{family} not available")
     return load_pipeline(f"tiny-{family}")
 
 
@@ -162,21 +157,14 @@ def _timing_sum_ratio(pipe) -> float:
 
 @pytest.mark.parametrize("model", ["digits-unet", "digits-dit"])
 def test_top_level_latencies_add_up_to_step_time(model):
-    if not (WEIGHTS_DIR / model / "model_index.json").exists():
-        pytest.skip(f"{model} weights not trained yet")
     pipe = load_pipeline(model)
     ratios = []
     for _ in range(3):  # timing noise on shared cores: allow retries
         ratios.append(_timing_sum_ratio(pipe))
         if abs(ratios[-1] - 1) <= 0.10:
             break
+    assert all(r <= 1.0 + 1e-6 for r in ratios), ratios   # blocks run inside the denoiser call: never more
     assert abs(ratios[-1] - 1) <= 0.10, ratios
-
-
-def test_top_level_latencies_add_up_random_unet(unet_profile):
-    p = unet_profile
-    ratio = p.latency[p.top_level].sum() / np.nansum(p.denoiser_ms)
-    assert 0.5 < ratio <= 1.0 + 1e-6  # exact bound is checked on the demo models above
 
 
 def test_sampler_config_is_applied_and_removed():
@@ -195,8 +183,6 @@ def test_sampler_config_is_applied_and_removed():
 def test_cli_writes_json_and_png(model, tmp_path, capsys):
     from planner.cli import main
 
-    if model.startswith("digits-") and not (WEIGHTS_DIR / model / "model_index.json").exists():
-        pytest.skip(f"{model} weights not trained yet")
     out = tmp_path / "profile.json"
     code = main(["profile", model, "--steps", "3", "--samples", "2", "--batch", "2", "--out", str(out)])
     assert code == 0

@@ -1,0 +1,141 @@
+"""The final verification and the plan it produces.
+
+The fastest feasible trials are re-run on seeds (and, with a prompts file, prompts) the search never
+saw, on growing sample sizes until the conservative verdict is settled (planner.quality.sequential),
+and timed side by side with the baseline with more repeats. The first that holds becomes the plan.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import optuna
+
+from backends.technique import NotApplicable, apply_all, config_from_dict
+from ground.environment import current_environment
+from ground.identity import components, fingerprint, lora_adapters, structure
+from planner.plan import (Environment, Measured, MetricResult, ModelRef, Plan, Provenance, SampleSizes, Shapes,
+                          TechniqueEntry)
+from planner.quality.evaluate import Evaluation
+from planner.search.latency import LatencyResult, interleaved_ratio
+from planner.search.objective import setup_seconds
+
+MAX_VERIFICATIONS = 5
+VERIFY_REPEATS = 7
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verified:
+    trial: optuna.trial.FrozenTrial
+    evaluation: Evaluation
+    latency: LatencyResult
+    work_ratio: float | None
+    setup_s: float
+
+
+def is_identity(techniques: list[dict], baseline_steps: int) -> bool:
+    """The baseline itself: nothing but its own scheduler at its own step count. It holds any budget
+    and speeds nothing up, so it is never a plan."""
+    return all(d["type"] == "sampler" and d["params"].get("name") == "keep"
+               and d["params"].get("steps") in (None, baseline_steps) for d in techniques)
+
+
+def feasible_trials(study: optuna.Study, baseline_steps: int) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, other than the baseline itself, that met the budget on the search seeds,
+    fastest first."""
+    return sorted((t for t in study.get_trials(deepcopy=False)
+                   if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")
+                   and not is_identity(t.user_attrs.get("techniques", []), baseline_steps)),
+                  key=lambda t: t.value)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def verify_one(ctx, objective, trial) -> tuple[Evaluation, Verified | None]:
+    """Re-measure one candidate on unseen rows: (its evaluation, the verified result or None)."""
+    configs = [config_from_dict(d) for d in trial.user_attrs["techniques"]]
+    handle = apply_all(ctx.pipe, configs)
+    try:
+        with ctx.trial(handle):
+            decision, _ = ctx.decide("verify")
+        results = [decision.results[c] for c in ctx.budget if c in decision.results]
+        evaluation = Evaluation(ctx.budget, results, decision.largest)
+        if not decision.holds:
+            return evaluation, None
+        latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
+                                    repeats=max(VERIFY_REPEATS, ctx.settings.latency_repeats),
+                                    on_baseline=handle.suspend, on_candidate=handle.resume)
+        setup = setup_seconds(handle)
+        handle.suspend()
+        work = objective.counted_work(configs) if objective.baseline_flops else None
+        handle.resume()
+    finally:
+        handle.remove()
+    ratio = work / objective.baseline_flops if work and objective.baseline_flops else None
+    return evaluation, Verified(trial=trial, evaluation=evaluation, latency=latency, work_ratio=ratio, setup_s=setup)
+
+
+def verify_fastest(ctx, objective, trials, log) -> tuple[Verified | None, int]:
+    """Verify `trials` in order, at most MAX_VERIFICATIONS of them; the first that holds wins.
+    TPE may propose one configuration several times; it is verified once (same rows, same verdict)."""
+    tried, seen = 0, set()
+    for trial in trials:
+        if tried == MAX_VERIFICATIONS:
+            break
+        key = json.dumps(trial.user_attrs["techniques"], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        log(f"[planner] verifying trial {trial.number} ({trial.user_attrs['label']}) on unseen seeds ...")
+        try:
+            evaluation, verified = verify_one(ctx, objective, trial)
+        except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
+            log(f"[planner]   cannot run here: {exc}")
+            continue
+        tried += 1
+        verdict = "holds" if verified is not None else "fails (conservative verdict)"
+        log(f"[planner]   verification {verdict}:\n" + _indent(evaluation.table()))
+        if verified is not None:
+            return verified, tried
+    return None, tried
+
+
+def plan_for(ctx, verified: Verified, summary: dict) -> Plan:
+    s, trial, latency = ctx.settings, verified.trial, verified.latency
+    techniques = [TechniqueEntry(**d) for d in trial.user_attrs["techniques"]]
+    steps = next((d["params"]["steps"] for d in trial.user_attrs["techniques"] if d["type"] == "sampler"),
+                 s.baseline_steps)
+    metrics = [MetricResult(clause=str(r.clause), metric=r.measured.name, value=r.measured.value,
+                            ci_low=r.measured.ci_low, ci_high=r.measured.ci_high, n=r.measured.n, baseline=r.baseline,
+                            holds=bool(r.point), holds_conservative=bool(r.conservative))
+               for r in verified.evaluation.results]
+    sizes = {f"{phase}.{metric}": SampleSizes(first=z.first, cap=z.cap)
+             for phase, per_metric in ctx.sizes.items() for metric, z in per_metric.items()}
+    pipe = ctx.pipe
+    denoiser = ctx.anatomy.denoiser
+    images = ctx.baseline_images("search", 1)
+    return Plan(
+        model=ModelRef(name=s.name, pipeline=type(pipe).__name__, fingerprint=ctx.fingerprint,
+                       structure=structure(denoiser),
+                       components={name: fingerprint(m) for name, m in components(pipe).items()},
+                       lora=lora_adapters(pipe)),
+        environment=Environment(**current_environment(s.device)),
+        shapes=Shapes(batch=s.batch, resolution=int(images.shape[-2]), width=int(images.shape[-1]), steps=steps,
+                      guidance_scale=s.guidance_scale, dtype=s.dtype),
+        conditions=s.conditions,
+        budget=str(ctx.budget), techniques=techniques,
+        measured=Measured(baseline_steps=s.baseline_steps, baseline_latency_s=latency.baseline_s,
+                          plan_latency_s=latency.candidate_s, speedup=latency.speedup,
+                          speedup_ci=latency.speedup_ci, work_ratio=verified.work_ratio,
+                          latency_repeats=latency.repeats, threads=latency.threads, metrics=metrics,
+                          sample_sizes=sizes, search_seeds=(s.seed, ctx.requests["search"].__len__()),
+                          verify_seeds=(ctx.requests["verify"].seeds[0], len(ctx.requests["verify"])),
+                          setup_s=verified.setup_s or None,
+                          amortised_over_calls=s.calls if verified.setup_s else None),
+        provenance=Provenance(command=s.command or f"planner optimize --budget {s.budget} {s.name}",
+                              created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              study=summary["study"], storage=summary["storage"], trial=trial.number,
+                              trials_run=summary["trials"], search_seconds=round(summary["seconds"], 1)))
