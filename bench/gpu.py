@@ -20,6 +20,10 @@ The JSON (`--out`) is rewritten atomically after every section; a summary table 
 `--device cpu --tiny` is the CPU dry run (tests/bench/test_gpu_dryrun.py): tiny configs, 8 steps, compile
 through dynamo's eager backend (no inductor codegen; `--tiny-inductor` to use inductor).
 TensorRT is not measured: its libraries cannot travel in the 64 MiB working tree that reaches the GPU machine.
+
+Longer than ~400 lines because it is the driver of one timed run on a lent machine (minutes, no second
+try): the order of its steps, their time limits and what each writes on failure are easier to check in one
+place; the pure helpers are in `bench/gpu_report.py` and `bench/gpu_models.py`.
 """
 from __future__ import annotations
 

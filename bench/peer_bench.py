@@ -1,6 +1,9 @@
 """The measuring side of `bench.peers`: one model's baseline, its search contexts, and every peer on a
 freshly loaded pipeline beside it (row stores, the sequential verdicts, latency, the tuned peers' sweeps,
 the hand stack, the side-by-side timing). `bench.peers` runs it and reports.
+
+Longer than ~400 lines because `ModelBench` keeps one model's baseline images, row store and timing
+state for every peer sweep; splitting it would pass that state between modules.
 """
 from __future__ import annotations
 

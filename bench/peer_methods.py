@@ -17,6 +17,9 @@ neither changes what the method computes:
   around every denoiser call (`with transformer.cache_context("cond")`) and reset at the end of a call.
   `_HookDriver` does the same for any pipeline, and gives the hooks that ask for one the current
   timestep (`current_timestep_callback`).
+
+Longer than ~400 lines because each peer (DeepCache, tomesd, cache-dit, diffusers' hooks) needs its own
+adapter to the demo pipelines, with the reason for each quirk stated beside it.
 """
 from __future__ import annotations
 

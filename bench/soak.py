@@ -36,6 +36,9 @@ Torch runs with `--torch-threads` intra-op threads (default 1) in the whole proc
 per pipeline anyway, and a fixed count keeps the images deterministic and the latencies comparable.
 
     python -m bench.soak --minutes 10 --threads 8 --model digits-unet [--plan PATH] [--out bench/results/soak.json]
+
+Longer than ~400 lines because the server, the request mix, the faults and the per-image reference
+check are one experiment whose parts share the request type; it is a bench, not library code.
 """
 from __future__ import annotations
 

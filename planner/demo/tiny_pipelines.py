@@ -33,6 +33,8 @@ ddpm/ddim. `size_overrides` (all optional):
     channels      UNet families: block_out_channels, e.g. (32, 64) (multiples of 32)
     layers        UNet: layers per block; transformers: number of blocks (flux: double blocks)
     single_layers flux only: number of single-stream blocks
+    guidance_embeds  flux only: True (default) is FLUX.1-dev's shape (guidance-distilled, run at
+                  28-50 steps); False is FLUX.1-schnell's (timestep-distilled to ~4 steps)
     heads, head_dim   transformers: attention heads and their width (hidden = heads * head_dim);
                   UNet families: `heads` = attention heads per block
     text_dim, text_layers   width and depth of the CLIP text encoders (T5: 2 * text_dim wide
@@ -42,6 +44,9 @@ ddpm/ddim. `size_overrides` (all optional):
 The tokenizers are real `CLIPTokenizer` (byte-level BPE over the 256-byte alphabet, no merges: one
 token per character) and `T5Tokenizer` (a Unigram vocabulary of characters and a few words), both
 built in memory / in a temporary folder, so nothing is downloaded.
+
+Longer than ~400 lines because each of the eight families needs its own small builder, and the
+tokenizers and size rules they share are kept beside them.
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ _DEFAULTS = {
     "sdxl": {**_COMMON, "channels": (32, 64), "layers": 1, "heads": 2},
     "pixart": {**_COMMON, "patch_size": 2, "layers": 2, "heads": 2, "head_dim": 16},
     "sd3": {**_COMMON, "patch_size": 2, "layers": 2, "heads": 2, "head_dim": 16},
-    "flux": {**_COMMON, "layers": 1, "single_layers": 2, "heads": 2, "head_dim": 16},
+    "flux": {**_COMMON, "layers": 1, "single_layers": 2, "heads": 2, "head_dim": 16, "guidance_embeds": True},
     "dit": {**_COMMON, "patch_size": 2, "layers": 2, "heads": 2, "head_dim": 16},
     "ddpm": {"latent_size": 32, "channels": (32, 64), "layers": 1, "heads": 4},
     "ddim": {"latent_size": 32, "channels": (32, 64), "layers": 1, "heads": 4},
@@ -339,7 +344,8 @@ def _build_flux(spec: dict, seeds: _Seeds):
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, out_channels=None, num_layers=spec["layers"],
         num_single_layers=spec["single_layers"], attention_head_dim=head_dim, num_attention_heads=spec["heads"],
-        joint_attention_dim=dim, pooled_projection_dim=dim, guidance_embeds=False, axes_dims_rope=axes,
+        joint_attention_dim=dim, pooled_projection_dim=dim, guidance_embeds=bool(spec["guidance_embeds"]),
+        axes_dims_rope=axes,
     ).eval()
     seeds()
     vae = _vae(spec, scaling_factor=0.3611, shift_factor=0.1159, quant_convs=False)

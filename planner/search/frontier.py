@@ -8,17 +8,24 @@ what a careful user finds by hand with a one-knob sweep, and the joint search st
 sampler's frontier point is measured as a trial of its own (nothing else added), then with the
 export backend where the device has one, before TPE proposes anything. A plan can therefore not lose
 to a one-knob sweep of the steps. The frontier is stored in the study, so a resumed search and every
-worker of a shared study reuse it.
+worker of a shared study reuse it. A worker joining a study while its creator still finds the frontier
+waits for it (`wait_for_frontier`): starting on TPE's guesses meanwhile would spend the --trials cap on
+points other than the frontier's.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 
 from backends.sampler import SamplerConfig
 from backends.technique import NotApplicable, apply_all
 from search_spaces.sampler import sampler_choices, step_choices
 
 ATTR = "step_frontier"
+OWNER_ATTR = "step_frontier_by"   # host:pid of the worker finding the frontier
+WAIT_S = 1800                     # a joiner waits at most this long for another machine's frontier
 PROBE_LIMIT = 48   # probes in all: bisection over <= 12 step choices for <= 7 samplers needs fewer
 
 
@@ -35,11 +42,46 @@ def _holds(ctx, config: SamplerConfig, fixed: list) -> bool:
     return decision.holds
 
 
-def step_frontier(ctx, study, log) -> dict[str, int | None]:
-    """{sampler: fewest steps that hold the budget, or None when even the baseline's steps do not}."""
+def stored_frontier(study) -> dict[str, int | None] | None:
     stored = study.user_attrs.get(ATTR)
-    if stored is not None:
-        return dict(json.loads(stored))
+    return None if stored is None else dict(json.loads(stored))
+
+
+def publish_frontier(study, frontier: dict[str, int | None]) -> None:
+    """Store the frontier, after its trials are queued: a joiner that sees it finds them queued."""
+    study.set_user_attr(ATTR, json.dumps(frontier))
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True   # another machine: trust it until WAIT_S
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
+
+
+def wait_for_frontier(study, log, wait_s: float = WAIT_S, poll_s: float = 0.5) -> dict[str, int | None] | None:
+    """The stored frontier; while the worker finding it is alive, wait for it (None: find it yourself)."""
+    owner = study.user_attrs.get(OWNER_ATTR)
+    deadline = time.time() + wait_s
+    said = False
+    while (frontier := stored_frontier(study)) is None and owner and _owner_alive(owner) and time.time() < deadline:
+        if not said:
+            log(f"[planner] waiting for worker {owner} to find the step frontier")
+            said = True
+        time.sleep(poll_s)
+        owner = study.user_attrs.get(OWNER_ATTR)
+    return frontier
+
+
+def step_frontier(ctx, study, log) -> dict[str, int | None]:
+    """{sampler: fewest steps that hold the budget, or None when even the baseline's steps do not}.
+    Not stored here: the caller queues the frontier's trials, then publishes it."""
     choices = step_choices(ctx.settings.baseline_steps)
     frontier: dict[str, int | None] = {}
     probes = 0
@@ -64,7 +106,6 @@ def step_frontier(ctx, study, log) -> dict[str, int | None]:
         frontier[name], best = choices[hi], hi
     found = ", ".join(f"{n} {s}" for n, s in sorted(frontier.items(), key=lambda kv: kv[1] or 10**6) if s)
     log(f"[planner] step frontier ({probes} quality probes): {found or 'no sampler holds the budget'}")
-    study.set_user_attr(ATTR, json.dumps(frontier))
     return frontier
 
 

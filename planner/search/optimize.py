@@ -40,13 +40,13 @@ from planner.search.context import SearchContext, SearchSettings
 from planner.search.cost_model import CostModel
 from backends.compile import supported_backends
 from planner.search.estimate import estimate
-from planner.search.frontier import frontier_trials, step_frontier
+from planner.search.frontier import OWNER_ATTR, frontier_trials, publish_frontier, step_frontier, wait_for_frontier
 from planner.search.families import cannot_help, keep_baseline_sampler, requested_families
 from planner.search.logs import quiet_third_party
 from planner.search.objective import Objective
 from planner.search.report import write_report
 from planner.search.study import (counted, default_study_name, finished, join_study, journal_path, open_storage,
-                                  running)
+                                  running, worker_id)
 from planner.search.verify import feasible_trials, plan_for, verify_fastest
 from planner.search.work import flops_of
 from profiler import cached_profile
@@ -172,10 +172,14 @@ def _families_here(settings, pipe, ctx, log) -> tuple[list[str], list, str | Non
     reason = cannot_help(pipe, settings.baseline_steps, profile)
     if reason is None:
         return families, [], None
+    rest = [f for f in families if f not in ("sampler", "cache")]
+    if not rest:
+        raise PlannerError(f"nothing to search: step cuts and caching cannot help ({reason}) and --techniques "
+                           f"names nothing else; add quant, tokens or compile to --techniques")
     log(f"[planner] step cuts and caching cannot help: {reason}; searching "
         f"{', '.join(f for f in families if f not in ('sampler', 'cache')) or 'nothing else'} at the baseline's "
         f"own scheduler and {settings.baseline_steps} steps")
-    return [f for f in families if f not in ("sampler", "cache")], [keep_baseline_sampler(settings.baseline_steps)], reason
+    return rest, [keep_baseline_sampler(settings.baseline_steps)], reason
 
 
 def load_for(settings: SearchSettings, custom_pipeline: str | None = None):
@@ -208,18 +212,22 @@ def _prepare(settings: SearchSettings, pipe, log, start: float) -> _Session:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, created = join_study(storage, study_name, settings.seed)
     if created:
+        study.set_user_attr(OWNER_ATTR, worker_id())   # first: a worker joining now waits for our frontier
         stored = {k: v for k, v in dataclasses.asdict(settings).items() if k not in PER_WORKER}
         study.set_user_attr("settings", json.loads(json.dumps(dict(stored, **measurement), default=str)))
         study.set_user_attr("environment", env)
         study.set_user_attr("model_fingerprint", fp)
     _check_worker(study, env, fp, measurement)
-    if "sampler" in families:
+    if "sampler" in families and wait_for_frontier(study, log) is None:
+        # This worker finds the frontier (it created the study, or the one that did died first), queues
+        # its points as the first trials, then publishes it; joiners wait for that (see frontier.py).
+        study.set_user_attr(OWNER_ATTR, worker_id())
         frontier = step_frontier(ctx, study, log)
-        if created:
-            exporter = "onnx" if "onnx" in supported_backends(anatomy_of(pipe).device) else None
-            for params in frontier_trials(frontier, families, exporter, settings.baseline_steps)[:settings.trials]:
-                if within_space(params, settings.space):
-                    study.enqueue_trial(params, skip_if_exists=True)
+        exporter = "onnx" if "onnx" in supported_backends(anatomy_of(pipe).device) else None
+        for params in frontier_trials(frontier, families, exporter, settings.baseline_steps)[:settings.trials]:
+            if within_space(params, settings.space):
+                study.enqueue_trial(params, skip_if_exists=True)
+        publish_frontier(study, frontier)
     log(f"[planner] {settings.name} ({fp}) on {env['device']} ({env['device_name']}), budget {budget}, "
         f"techniques {','.join(families) or 'none'}; study {study_name} in {storage_desc}")
     baseline_flops = flops_of(ctx.run_baseline_batch)

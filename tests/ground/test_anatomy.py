@@ -88,3 +88,11 @@ def test_an_unknown_pipeline_gets_the_generic_reading():
 
     anatomy = anatomy_of(Holder(_pipe("tiny-sd").unet))
     assert anatomy.family == "generic" and anatomy.cfg_layout is None and anatomy.conditioning == "text"
+
+
+def test_flux_distillation_is_read_from_the_guidance_embedding():
+    from planner.demo.tiny_pipelines import build_tiny_pipeline
+
+    assert anatomy_of(_pipe("tiny-flux")).distilled() is None                     # FLUX.1-dev's shape
+    schnell = anatomy_of(build_tiny_pipeline("flux", guidance_embeds=False)).distilled()
+    assert schnell and "no guidance embedding" in schnell

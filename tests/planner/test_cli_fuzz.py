@@ -11,6 +11,9 @@ input passed every check that can be done before loading". Anything else must en
 or 130 with no traceback; exit 2 prints one line (`planner: error: ...`, or argparse's
 `planner CMD: error: ...`); no terminal control character from the input reaches either stream; and no
 file is left half-written (`*.tmp`), created, or changed by a command that did not finish its work.
+
+Longer than ~400 lines because the argument strategies of every command live beside the one property
+they feed; split, the strategies and the command table would have to be kept in step across files.
 """
 from __future__ import annotations
 

@@ -102,3 +102,17 @@ def test_a_few_step_baseline_gets_the_cannot_help_line(tmp_path, monkeypatch, ca
     sampler = load_plan(out).technique_configs()[0]
     assert sampler.name == "keep" and sampler.steps == 4                 # the baseline's own schedule, pinned
     assert "the baseline runs only 4 steps" in (tmp_path / "p.report.md").read_text()
+
+
+def test_a_timestep_distilled_model_with_only_step_cuts_to_search_is_refused_up_front(tmp_path):
+    """FLUX.1-schnell's shape (no guidance embedding) runs ~4 steps: step cuts and caching cannot help, and
+    with nothing else in --techniques there is nothing to search. That is said before any trial runs."""
+    from ground.errors import PlannerError
+    from planner.demo.tiny_pipelines import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("flux", guidance_embeds=False)
+    out = tmp_path / "p.yaml"
+    with pytest.raises(PlannerError, match=r"nothing to search: .*distilled.*add quant, tokens or compile"):
+        planner.optimize(pipe, "psnr>=30", prompts=PROMPTS, out=out, trials=2, samples=8, verify_samples=8,
+                         batch=2, baseline_steps=10, techniques=("sampler",))
+    assert not out.exists() and not (tmp_path / "p.report.md").exists()

@@ -66,7 +66,8 @@ def test_shipped_plan_validates(path):
     budget = parse_budget(plan.budget)
     assert [r.clause for r in m.metrics] == [str(c) for c in budget]
     for clause, r in zip(budget, m.metrics):
-        assert r.n == m.verify_seeds[1], f"{r.clause}: measured on {r.n} samples, verification has {m.verify_seeds[1]}"
+        # Sequential verification stops once the conservative verdict is settled: at most the seeds it has.
+        assert 8 <= r.n <= m.verify_seeds[1], f"{r.clause}: measured on {r.n} samples, verification has {m.verify_seeds[1]}"
         assert r.ci_low <= r.value <= r.ci_high
         assert clause.holds(clause.unfavourable(r.ci_low, r.ci_high)), \
             f"{r.clause}: CI [{r.ci_low:.3f}, {r.ci_high:.3f}] does not hold at its unfavourable end"

@@ -36,7 +36,7 @@ from pathlib import Path
 import optuna
 import pytest
 from planner.plan import load_plan
-from planner.search.study import OVER_CAP, database_url
+from planner.search.study import counts, database_url
 
 BUDGET = "psnr>=36"
 FLAGS = ["digits-unet", "--budget", BUDGET, "--techniques", "sampler", "--trials", "3", "--samples", "24",
@@ -279,18 +279,29 @@ def test_three_workers_share_one_study(postgres, shared_cache, tmp_path, one_wor
         assert w.returncode == 0, text
     study = _pg_study(postgres, "three")
     # Two workers starting their last trial at the same instant may create one trial too many: it is
-    # pruned as over the cap on its first line, measures nothing and does not count.
-    trials = [t for t in study.trials if t.user_attrs.get("pruned_by") != OVER_CAP and "repeat_of" not in t.user_attrs]
-    assert [t.number for t in trials] == [0, 1, 2]
-    assert all(t.state in DONE for t in trials)
-    assert {_config(t) for t in trials} == FRONTIER_PARAMS  # none lost, none duplicated
+    # pruned as over the cap on its first line, measures nothing and does not count; nor does a repeat.
+    trials = [t for t in study.trials if counts(t)]
+    seen = [(t.number, t.state.name, {k: v for k, v in t.user_attrs.items() if k in ("worker", "pruned_by", "repeat_of",
+             "retry_of", "error")}) for t in study.trials]
+    assert [t.number for t in trials] == [0, 1, 2], seen  # the frontier's points, queued first
+    assert all(t.state in DONE for t in trials), seen
+    assert {_config(t) for t in trials} == FRONTIER_PARAMS, seen  # none lost, none duplicated
     pids = {f"{socket.gethostname()}:{w.pid}" for w in workers}
     assert {t.user_attrs["worker"] for t in trials} <= pids
     assert _quality(trials) == _quality(one_worker["study"].trials)
     # The last to finish writes the plan; a worker that ended while others still ran says so.
     writers = [text for text in outputs if f"wrote {out}" in text]
     assert writers and all(f"wrote {out}" in text or "still running in other workers" in text for text in outputs)
-    assert _sampler_params(load_plan(out)) == _sampler_params(load_plan(one_worker["plan"])) == EXPECTED
+    assert _sampler_params(load_plan(one_worker["plan"])) == EXPECTED
+    # The same rule picks the plan: the fastest trial that met the budget and holds on the unseen seeds.
+    # The same quality was measured above, and EXPECTED holds on those seeds (the single worker's plan);
+    # but speed is timed here while three workers share two cores, so another frontier point may have
+    # been timed faster. The plan is then that one, never a trial timed slower than EXPECTED's.
+    plan = load_plan(out)
+    chosen = next(t for t in study.trials if t.number == plan.provenance.trial)
+    expected = next(t for t in trials if _config(t) == (EXPECTED["sampler"], EXPECTED["steps"]))
+    assert chosen.state == COMPLETE and chosen.user_attrs.get("feasible") and chosen.value <= expected.value, seen
+    assert _sampler_params(plan) == {"sampler": chosen.params["sampler"], "steps": chosen.params["steps"]}
     assert study.user_attrs["settings"]["budget"] == BUDGET and study.metric_names == ["latency_ratio"]
 
 
