@@ -102,7 +102,8 @@ def _export(module: torch.nn.Module, sig: _Signature, path: Path) -> str:
             batch = torch.export.Dim("batch", min=1, max=4096)
             shapes = tuple({0: batch} if d else None for d in dynamic)
             torch.onnx.export(flat, tuple(sig.tensors), str(tmp), input_names=names, output_names=["sample"],
-                              dynamic_shapes=shapes, dynamo=True, external_data=False, optimize=True)
+                              dynamic_shapes=shapes, dynamo=True, external_data=False, optimize=True,
+                              verbose=False)   # not its "[torch.onnx] Obtain model graph ..." lines in our log
             used = "dynamo"
         except Exception as exc:  # noqa: BLE001 - fall back to the TorchScript exporter
             errors.append(f"dynamo: {first_line(exc, 200)}")
@@ -110,7 +111,7 @@ def _export(module: torch.nn.Module, sig: _Signature, path: Path) -> str:
                 axes = {n: {0: "batch"} for n, d in zip(names, dynamic) if d}
                 axes["sample"] = {0: "batch"}
                 torch.onnx.export(flat, tuple(sig.tensors), str(tmp), input_names=names, output_names=["sample"],
-                                  dynamic_axes=axes, dynamo=False, opset_version=17)
+                                  dynamic_axes=axes, dynamo=False, opset_version=17, verbose=False)
                 used = "torchscript"
             except Exception as exc2:  # noqa: BLE001
                 errors.append(f"torchscript: {first_line(exc2, 200)}")

@@ -33,7 +33,7 @@ def test_eager_is_identity(model):
     handle.remove()
 
 
-def test_onnx_round_trip(model):
+def test_onnx_round_trip(model, capfd):
     pipe, request, base = model
     original = denoiser_of(pipe)
     handle = backends.apply(pipe, CompileConfig(backend="onnx"))
@@ -41,6 +41,7 @@ def test_onnx_round_trip(model):
     assert isinstance(wrapper, OrtDenoiser)
     assert wrapper.config is original.config and wrapper.dtype == original.dtype and wrapper.device == original.device
     out = generate(pipe, request, steps=STEPS)
+    assert "[torch.onnx]" not in capfd.readouterr().out   # the exporter's progress lines stay out of our log
     # dynamic batch: another batch size reuses the same export
     out2 = generate(pipe, default_request(pipe, 3), steps=STEPS)
     handle.remove()
