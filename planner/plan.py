@@ -65,7 +65,8 @@ class Environment(StrictModel):
 class Shapes(StrictModel):
     batch: int = Field(ge=1, le=4096)
     resolution: int | None = Field(None, ge=1, le=16384, description="image height")
-    width: int | None = Field(None, ge=1, le=16384)
+    width: int | None = Field(None, ge=1, le=16384,
+                              description="image width, set when the search asked for a size (run and gate ask again)")
     steps: int = Field(ge=1, le=1000, description="denoising steps the plan's sampler runs")
     guidance_scale: float | None = Field(None, ge=0, le=100)
     dtype: Literal["fp32", "fp16", "bf16"] | None = Field(None, description="the pipeline's dtype when tuned")

@@ -18,7 +18,8 @@ def quiet_third_party(verbose: bool = False, log=print):
     if verbose:
         yield
         return
-    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "torch._dynamo", "torch._inductor")]
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "torch._dynamo", "torch._inductor",
+                                                    "torch.onnx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

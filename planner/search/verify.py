@@ -123,7 +123,10 @@ def plan_for(ctx, verified: Verified, summary: dict) -> Plan:
                        components={name: fingerprint(m) for name, m in components(pipe).items()},
                        lora=lora_adapters(pipe)),
         environment=Environment(**current_environment(s.device)),
-        shapes=Shapes(batch=s.batch, resolution=int(images.shape[-2]), width=int(images.shape[-1]), steps=steps,
+        # `width` only when the search asked for a size: `run` and `gate` then ask for it again, and a
+        # pipeline that has only its native size (the class-conditional demo ones) is never asked for one.
+        shapes=Shapes(batch=s.batch, resolution=int(images.shape[-2]), width=int(images.shape[-1]) if s.size else None,
+                      steps=steps,
                       guidance_scale=s.guidance_scale, dtype=s.dtype),
         conditions=s.conditions,
         budget=str(ctx.budget), techniques=techniques,

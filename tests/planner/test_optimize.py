@@ -38,6 +38,12 @@ def test_optimize_writes_a_verified_plan_and_resumes(digits_unet, tmp_path, monk
     assert main([*args, "--trials", "3"]) == 0  # resumes: one more trial, not three
     assert counted(_study(tmp_path, "t")) == 3
     assert main(["validate", str(out)]) == 0
+    # The plan just written runs and gates on the model it names (the class-conditional demo pipelines have
+    # only their native size: a plan of a search that asked for none asks for none).
+    assert plan.shapes.width is None
+    assert main(["run", str(out), "--n", "2", "--out", str(tmp_path / "grid.png")]) == 0
+    assert main(["gate", str(out), "--samples", "16", "--repeats", "3", "--speed-tolerance", "0.9"]) == 0, \
+        capsys.readouterr()
 
 
 def test_impossible_budget_exits_1_and_writes_no_plan(digits_unet, tmp_path, monkeypatch, capsys):
