@@ -111,17 +111,17 @@ def step_frontier(ctx, study, log) -> dict[str, int | None]:
 
 def frontier_trials(frontier: dict[str, int | None], families: list[str], exporter: str | None,
                     baseline_steps: int, top: int = 3) -> list[dict]:
-    """The first trials of the joint study: each of the `top` fastest frontier points alone, then the
-    fastest with the export backend (`exporter`) where the device has one. The baseline's own scheduler
-    at its own steps, alone, is the baseline itself: not worth a trial."""
+    """The first trials of the joint study: each of the `top` fastest frontier points alone, then each
+    with the export backend (`exporter`) where the device has one: the fastest point may fail on the
+    unseen seeds, and its siblings at the same steps should not then lose the exporter's gain. The
+    baseline's own scheduler at its own steps, alone, is the baseline itself: not worth a trial."""
     points = sorted(((s, n) for n, s in frontier.items() if s is not None), key=lambda p: (p[0], p[1]))[:top]
     alone = {"compile.backend": "eager", "quant.mode": "none", "tokens.method": "none", "cache": "none"}
     params = {k: v for k, v in alone.items() if k.split(".")[0] in _family_params(families)}
     trials = [{"sampler": name, "steps": steps, **params} for steps, name in points
               if (name, steps) != ("keep", baseline_steps)]
-    if exporter and points and "compile" in families:
-        steps, name = points[0]
-        trials.append({"sampler": name, "steps": steps, "compile.backend": exporter})
+    if exporter and "compile" in families:
+        trials += [{"sampler": name, "steps": steps, "compile.backend": exporter} for steps, name in points]
     return trials
 
 

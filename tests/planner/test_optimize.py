@@ -114,3 +114,16 @@ def test_a_configuration_proposed_twice_is_verified_once(monkeypatch):
     ctx = SimpleNamespace(settings=SimpleNamespace(verify_samples=10))
     result, tried = opt.verify_fastest(ctx, None, trials, log=lambda text: None)
     assert result is None and verified == [0, 2, 4, 5, 6] and tried == opt.MAX_VERIFICATIONS
+
+
+def test_every_frontier_point_is_tried_alone_then_with_the_exporter():
+    """The fastest frontier point may fail on the unseen seeds (on digits-unet, DDIM 3 and Euler 3 did);
+    its siblings at the same steps are then still tried with the exporter, not only eager."""
+    from planner.search.frontier import frontier_trials
+
+    trials = frontier_trials({"ddim": 3, "dpmpp_2m": 3, "euler": 4, "unipc": None, "keep": 5},
+                             ["sampler", "compile"], "onnx", baseline_steps=50)
+    assert [(t["sampler"], t["steps"], t["compile.backend"]) for t in trials] == [
+        ("ddim", 3, "eager"), ("dpmpp_2m", 3, "eager"), ("euler", 4, "eager"),
+        ("ddim", 3, "onnx"), ("dpmpp_2m", 3, "onnx"), ("euler", 4, "onnx")]
+    assert all("compile.backend" not in t for t in frontier_trials({"ddim": 3}, ["sampler"], "onnx", 50))
