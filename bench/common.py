@@ -1,7 +1,6 @@
 """Small helpers shared by `bench.peers` and `bench.oracle`: JSON output, the environment, the README block."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -9,6 +8,8 @@ import platform
 import re
 import time
 from pathlib import Path
+
+from ground.devices import torch_threads  # noqa: F401 - the benches time at a fixed thread count
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -40,19 +41,6 @@ def write_json(path: Path, data: dict) -> None:
     from ground.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Timing at a fixed thread count inside, whatever the rest of the run uses."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def now() -> str:
@@ -93,6 +81,12 @@ def short_label(techniques: list[dict]) -> str:
         elif t["type"] == "deepcache":
             placed = ", full steps placed from the profile" if p.get("full_steps") else ""
             parts.append(f"DeepCache (branch {p['branch']}, interval {p['interval']}{placed})")
+        elif t["type"] == "compile":
+            parts.append(COMPILE_LABELS.get(p.get("backend"), f"compile ({p.get('backend')})"))
         else:
             parts.append(t["type"].replace("_", " "))
     return " + ".join(parts) or "identity"
+
+
+COMPILE_LABELS = {"onnx": "ONNX Runtime", "torch_whole": "torch.compile (whole)",
+                  "torch_regional": "torch.compile (regional)", "tensorrt": "TensorRT"}

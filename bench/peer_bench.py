@@ -348,6 +348,9 @@ class ModelBench:
                 note = (f"plan searched for {plan_budget}, measured here at {budget}"
                         if plan_budget and plan_budget != budget else None)
                 rows.append(self.verify_row(budget, "plan", store, **({"note": note} if note else {})))
+                if store.peer.params.get("compiled") and not rows[-1]["reason"]:
+                    # exported/compiled graphs hide their FLOPs from the counter: the plan's own eager count
+                    rows[-1]["work_ratio"] = store.peer.params.get("plan_work_ratio")
                 if not rows[-1]["reason"]:
                     self.finals[(budget, "plan")] = store
             print_row(rows[-1], self.log)
@@ -541,8 +544,11 @@ class ModelBench:
             stores: dict = {}
             self.log(f"  hand stack at {budget}: {steps_row['method'] if steps_row else 'baseline steps'} + "
                      f"{cache_row['method'] if cache_row else 'no cache'} + {'bf16' if bf16 else 'fp32'}")
-            recommended = bool(cache is not None and cache.compile_docs)
-            compile_ = bool(self.args.compile and recommended)
+            # every stack is compiled under --compile: the cache's docs pair it with torch.compile where they say
+            # so, and diffusers' own inference docs recommend compiling the denoiser whatever else is applied
+            compile_ = bool(self.args.compile)
+            head = steps_row["method"] if steps_row else "the baseline's steps"
+            r = point = final = None
             try:
                 if cache is not None:
                     tuned_value = cache_row["params"][cache.knob]
@@ -554,26 +560,29 @@ class ModelBench:
                                        retuned_from={cache.knob: tuned_value, "at_steps": self.steps})
                     point = result.points.get(result.final) if not r["reason"] else None
                     final = (point.vstore or point.store) if point is not None else None
-                else:
-                    store = self.store(stack_peer(sampler, steps, None, None, bf16, False), steps)
+                    if r["reason"] or not r["meets_budget"]:
+                        # a practitioner drops a cache that breaks the budget on top of the step count
+                        notes.append(f"{cache.name} dropped: {r['reason'] or 'fails verification'} on top of {head}")
+                        cache, point, final = None, None, None
+                if cache is None:
+                    store = self.store(stack_peer(sampler, steps, None, None, bf16, compile_), steps)
                     stores[None] = store
                     r = self.verify_row(budget, "stack", store)
                     final = store if not r["reason"] else None
             except Unavailable as exc:
-                r, final = self.row(budget, "stack", stack_peer(sampler, steps, cache, None, bf16, False),
+                r, final = self.row(budget, "stack", stack_peer(sampler, steps, cache, None, bf16, compile_),
                                     reason=str(exc)), None
             if compile_ and final is not None:
+                why = cache.compile_docs if cache is not None and cache.compile_docs else \
+                    "diffusers' inference docs recommend torch.compile on the denoiser"
                 r["compile_s"] = final.compile_s
-                r["work_ratio"] = self.work(point.store)   # the same computation, counted on the eager twin
-                notes.append(f"torch.compile regional ({cache.compile_docs}): verified and timed compiled; "
-                             f"compile time {fmt(final.compile_s, 0)} s at the first calls, not in the speed-up "
-                             f"(the sweep ran eager)")
-            elif recommended and final is not None:
-                notes.append(f"no torch.compile ({cache.compile_docs}; --compile adds it; its CPU warm-up is long)")
+                # the same computation, counted on the eager twin (the counter cannot see into compiled graphs)
+                r["work_ratio"] = self.work(point.store) if point is not None else steps_row and steps_row.get("work_ratio")
+                notes.append(f"torch.compile regional ({why}): verified and timed compiled; compile time "
+                             f"{fmt(final.compile_s, 0)} s at the first calls, not in the speed-up")
             elif final is not None:
-                notes.append(f"no torch.compile: {cache.name if cache else 'the step count'}'s docs do not pair it "
-                             f"with one")
-            r["stack_of"] = {"steps": steps_row and steps_row["method"], "cache": cache_row["method"] if cache_row else None,
+                notes.append("no torch.compile (--compile adds it; its CPU warm-up is long)")
+            r["stack_of"] = {"steps": steps_row and steps_row["method"], "cache": cache_row["method"] if cache_row and cache else None,
                              "bf16": bf16, "compile": compile_}
             if notes:
                 r["note"] = "; ".join(([r["note"]] if r.get("note") else []) + notes)

@@ -369,7 +369,8 @@ def _plan_label(path: Path) -> tuple[str, dict]:
 
     return ("planner plan: " + short_label([c.to_dict() for c in configs]),
             {"plan": path.name, "budget": plan.budget, "plan_speedup": round(plan.measured.speedup, 2),
-             "techniques": [c.label() for c in configs]})
+             "plan_work_ratio": plan.measured.work_ratio, "techniques": [c.label() for c in configs],
+             "compiled": any(c.to_dict().get("type") == "compile" for c in configs)})
 
 
 ATTN_IDS = r"^(single_)?transformer_blocks\.\d+\.attn\d?"   # every block attention, whatever its suffix

@@ -105,7 +105,8 @@ def _speed(r: dict | None) -> str:
 
 
 def _params(params: dict) -> str:
-    shown = {k: v for k, v in params.items() if k not in ("plan", "budget", "plan_speedup", "techniques")}
+    shown = {k: v for k, v in params.items() if k not in ("plan", "budget", "plan_speedup", "techniques",
+                                                         "plan_work_ratio", "compiled")}
     return ", ".join(f"{k}={v}" for k, v in shown.items()).replace("|", "\\|") or "–"
 
 

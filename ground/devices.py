@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import platform
 import re
+from contextlib import contextmanager
 
 import torch
 
@@ -82,3 +83,16 @@ def synchronize(device: str | torch.device | None = None) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """The body runs with torch's intra-op thread count at `n` (None: unchanged); the previous count comes
+    back after, so callers in the same process keep their setting. Speed-ups depend on the thread count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

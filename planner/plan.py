@@ -22,7 +22,7 @@ from ground.errors import PlannerError, printable
 from ground.files import read_bounded, write_text_atomic
 from ground.schema import Pair, StrictModel
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 MAX_PLAN_BYTES = 4 * 1024 * 1024
 MAX_YAML_NODES = 200_000
 MAX_ROWS = 1000
@@ -110,6 +110,8 @@ class MetricResult(StrictModel):
     baseline: float | None = None
     holds: bool
     holds_conservative: bool
+    # the CI's level: 0.95 / the number of looks of a sequential verification (planner.quality.sequential)
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
 
     @model_validator(mode="after")
     def _sane(self):
@@ -169,7 +171,7 @@ class Provenance(StrictModel):
 
 
 class Plan(StrictModel):
-    version: Literal[2] = PLAN_VERSION
+    version: Literal[3] = PLAN_VERSION
     model: ModelRef
     environment: Environment
     shapes: Shapes
@@ -209,8 +211,18 @@ def _v1_to_v2(data: dict) -> dict:
     return dict(data, version=2)
 
 
+def _v2_to_v3(data: dict) -> dict:
+    """v3 records each metric's CI level (`ci_level`); v2 plans were verified at 95% at every look."""
+    measured = data.get("measured")
+    if isinstance(measured, dict) and isinstance(measured.get("metrics"), list):
+        metrics = [dict(m, ci_level=m.get("ci_level", 0.95)) if isinstance(m, dict) else m
+                   for m in measured["metrics"]]
+        data = dict(data, measured=dict(measured, metrics=metrics))
+    return dict(data, version=3)
+
+
 # version -> function turning a plan dict of that version into the next version.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(data: dict) -> dict:

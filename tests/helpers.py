@@ -1,12 +1,12 @@
 """Shared test helpers (imported by tests; not a conftest so names stay explicit)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from ground.devices import torch_threads  # noqa: F401 - tests import it from here
 from planner.demo import WEIGHTS_DIR
 
 
@@ -26,17 +26,6 @@ def needs_weights(name: str):
     collection, naming the file), it is never a reason to skip. The returned mark does nothing more."""
     shipped_weights(name)
     return pytest.mark.usefixtures()
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run the body with torch's intra-op thread count set to n; the previous count comes back after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -55,9 +55,7 @@ def _junit(path: str, plan_path: str, cases: list[tuple[str, bool, str]], second
 
 
 def run(args) -> int:
-    import torch
-
-    from ground.devices import resolve_device
+    from ground.devices import resolve_device, torch_threads
     from ground.errors import PlannerError
     from ground.files import check_writable
     from planner.plan import load_plan
@@ -83,14 +81,8 @@ def run(args) -> int:
     model = model_for_plan(plan, args.model)
     # A speed-up depends on the thread count (a small candidate batch parallelises worse than the baseline):
     # compare like with like unless told otherwise.
-    threads = args.threads or plan.measured.threads
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(args.threads or plan.measured.threads):
         return _gate(args, plan, model, start)
-    finally:
-        torch.set_num_threads(previous)   # callers in the same process keep their setting
 
 
 def _gate(args, plan, model: str, start: float) -> int:

@@ -43,7 +43,7 @@ def describe(plan) -> str:
             lines.append(f"setup (compile/export): {m.setup_s:.1f} s once, over {m.amortised_over_calls} calls")
         for r in m.metrics:
             base = f" (baseline {r.baseline:.3f})" if r.baseline is not None else ""
-            lines.append(f"  {t(r.clause):<12} {t(r.metric)} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] n={r.n}{base} "
+            lines.append(f"  {t(r.clause):<12} {t(r.metric)} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] ({r.ci_level:.2%} CI) n={r.n}{base} "
                          f"holds={'yes' if r.holds_conservative else 'no'}")
         lines.append(f"seeds: search {m.search_seeds[0]}+{m.search_seeds[1]}, verification {m.verify_seeds[0]}+{m.verify_seeds[1]}")
     lines.append(f"reproduce: {t(plan.provenance.command, 1000)}")

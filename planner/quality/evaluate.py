@@ -92,7 +92,7 @@ class Evaluation:
 
     def table(self) -> str:
         level = next((r.measured.level for r in self.results if r.measured), DEFAULT_LEVEL)
-        head = ["clause", "baseline", "candidate", "measured", f"{level:.0%} CI", "N", "holds (point/cons.)"]
+        head = ["clause", "baseline", "candidate", "measured", f"{100 * level:.4g}% CI", "N", "holds (point/cons.)"]
         rows = []
         for r in self.results:
             if not r.available:

@@ -20,7 +20,7 @@ from planner.quality.budget import Budget
 from planner.quality.evaluate import Evaluator
 from planner.quality.features import get_extractor
 from planner.quality.reference import resolve_reference
-from planner.quality.sequential import Decision, decide, sizes_for
+from planner.quality.sequential import Decision, boot_replicates, ci_level, decide, sizes_for
 from planner.quality.store import DiskCache, ImageStore
 
 VERIFY_SEED_OFFSET = 500_000        # verification seeds never meet search seeds
@@ -156,8 +156,10 @@ class SearchContext:
             if budget.metrics & {"fid", "kid"}:
                 features = self._baseline_features[phase].upto(self.extractor, self.baseline_images(phase, n), n)
             conditions = list(self.requests[phase].conditions[:n])
+            level = ci_level(phase, self.sizes[phase], self.settings.sample_mode)
             self._evaluators[key] = Evaluator(budget, images, self.reference, self.extractor, conditions,
-                                              baseline_features=features, classifier=self.classifier)
+                                              baseline_features=features, classifier=self.classifier, level=level,
+                                              n_boot=boot_replicates(level, budget))
         return self._evaluators[key]
 
     def decide(self, phase: str, on_size=None) -> tuple[Decision, torch.Tensor]:

@@ -68,7 +68,8 @@ def verify_one(ctx, objective, trial) -> tuple[Evaluation, Verified | None]:
         latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
                                     repeats=max(VERIFY_REPEATS, ctx.settings.latency_repeats),
                                     on_baseline=handle.suspend, on_candidate=handle.resume)
-        setup = setup_seconds(handle)
+        # the trial's first build was cold; here inductor's or the exporter's cache may make it look free
+        setup = max(setup_seconds(handle), float(trial.user_attrs.get("setup_s") or 0.0))
         handle.suspend()
         work = objective.counted_work(configs) if objective.baseline_flops else None
         handle.resume()
@@ -110,7 +111,8 @@ def plan_for(ctx, verified: Verified, summary: dict) -> Plan:
                  s.baseline_steps)
     metrics = [MetricResult(clause=str(r.clause), metric=r.measured.name, value=r.measured.value,
                             ci_low=r.measured.ci_low, ci_high=r.measured.ci_high, n=r.measured.n, baseline=r.baseline,
-                            holds=bool(r.point), holds_conservative=bool(r.conservative))
+                            holds=bool(r.point), holds_conservative=bool(r.conservative),
+                            ci_level=r.measured.level)
                for r in verified.evaluation.results]
     sizes = {f"{phase}.{metric}": SampleSizes(first=z.first, cap=z.cap)
              for phase, per_metric in ctx.sizes.items() for metric, z in per_metric.items()}

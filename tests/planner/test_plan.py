@@ -138,3 +138,20 @@ def test_other_batch_warns_once(digits_unet):
         generate(digits_unet, Request((1, 2), (0, 1)), steps=2)
     handle.remove()
     assert sum("plan tuned for batch 4" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.parametrize("path", ["tests/data/digits-unet.frozen-plan.yaml", "tests/data/digits-dit.frozen-plan.yaml"])
+def test_older_plans_migrate_to_the_current_version(path):
+    """v1 (the frozen plans) and v2 plans load as v3; v1/v2 verifications used 95% CIs at every look, and
+    their metrics say so after migration."""
+    from planner.plan import PLAN_VERSION
+
+    text = open(path).read()
+    v1 = parse_plan(text)
+    data = yaml.safe_load(text)
+    data["version"] = 2
+    v2 = parse_plan(yaml.safe_dump(data))
+    for plan in (v1, v2):
+        assert plan.version == PLAN_VERSION == 3
+        assert [m.ci_level for m in plan.measured.metrics] == [0.95] * len(plan.measured.metrics)
+    assert parse_plan(plan_to_yaml(v2)) == v2
