@@ -35,7 +35,7 @@ peers: install
 oracle: install
 	$(BIN)/python -m bench.oracle
 
-# 216 points: the grid on which the planner's 20 trials are <= 10% of the oracle's (about 45 minutes)
+# 216 points: the grid on which the planner's 20 trials are <= 10% of the oracle's (14 minutes on 2 free cores)
 oracle-large: install
 	$(BIN)/python -m bench.oracle --grid large --workers 2
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import re
 import sys
 import tempfile
 import time
@@ -150,8 +151,15 @@ def run_planner(settings, log, pipe=None) -> tuple[dict, list | None]:
 
         journal = optuna.storages.JournalStorage(JournalFileBackend(f"{tmp}/study.journal"))
         study = optuna.load_study(study_name=optuna.get_all_study_names(journal)[0], storage=journal)
+        from planner.search.study import counted
+
         finished = [t for t in study.trials if t.state.is_finished()]
-        report = {"evaluations": len(finished), "verifications": sum("verifying trial" in s for s in lines),
+        probes = [int(m.group(1)) for m in (re.search(r"step frontier \((\d+) quality probes\)", x) for x in lines) if m]
+        # evaluations: the configurations measured (what --trials counts); a configuration TPE proposes again
+        # is given its earlier measurement and is not one. The frontier's probes measure quality only.
+        report = {"evaluations": counted(study), "trials_in_study": len(finished),
+                  "frontier_quality_probes": sum(probes),
+                  "verifications": sum("verifying trial" in s for s in lines),
                   "wall_s": wall, "message": message, "plan": None}
         if result is None:
             return report, None
@@ -302,6 +310,8 @@ def main(argv=None) -> int:
 
 
 def summary_line(r: dict) -> str:
+    from planner.search.context import VERIFY_SEED_OFFSET
+
     o, p = r["oracle"], r["planner"]
     best = o["best"]["label"] if o["best"] else "nothing met the budget"
     plan = p["plan"]["label"] if p["plan"] else "no plan"
@@ -313,10 +323,13 @@ def summary_line(r: dict) -> str:
             f"({o['search_s'] / 60:.0f} min with {o['workers']} worker(s)): the oracle's best is "
             f"**{fmt(r['oracle_speedup'])}×** ({best}); the planner's default search found {found}, "
             f"**{fmt(r['planner_speedup'])}×**: {fmt(r['speedup_ratio'])} of the oracle{ci}, with "
-            f"{r['planner_evaluations']} evaluations ({fmt(evals, 0)}% of the oracle's). Both winners timed "
-            f"side by side in rotating order ({r['side_by_side']['oracle']['repeats'] if r['side_by_side']['oracle'] else 0} "
-            f"repeats, {r['environment']['threads']} thread), both verified on the same "
-            f"{r['settings']['verify_samples']} unseen seeds; whole run {r['wall_s'] / 60:.0f} min.\n")
+            f"{r['planner_evaluations']} evaluations ({fmt(evals, 0)}% of the oracle's; "
+            f"{p.get('trials_in_study', r['planner_evaluations'])} trials in its study, repeats given their "
+            f"earlier measurement, and {p.get('frontier_quality_probes', 0)} quality-only probes of the step "
+            f"frontier). Both winners timed side by side in rotating order "
+            f"({r['side_by_side']['oracle']['repeats'] if r['side_by_side']['oracle'] else 0} repeats, "
+            f"{r['environment']['threads']} thread), both verified on the same unseen seeds "
+            f"(from {r['settings']['seed'] + VERIFY_SEED_OFFSET:,}); whole run {r['wall_s'] / 60:.0f} min.\n")
 
 
 if __name__ == "__main__":
