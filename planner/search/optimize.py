@@ -43,7 +43,7 @@ from planner.search.estimate import estimate
 from planner.search.frontier import OWNER_ATTR, frontier_trials, publish_frontier, step_frontier, wait_for_frontier
 from planner.search.families import cannot_help, keep_baseline_sampler, requested_families
 from planner.search.logs import quiet_third_party
-from planner.search.objective import Objective
+from planner.search.objective import Objective, load_average
 from planner.search.report import write_report
 from planner.search.study import (counted, default_study_name, finished, join_study, journal_path, open_storage,
                                   running, worker_id)
@@ -203,6 +203,10 @@ def _prepare(settings: SearchSettings, pipe, log, start: float) -> _Session:
     families, fixed, left_out = _families_here(settings, pipe, ctx, log)
     guess = estimate(ctx, settings.trials)
     log(f"[planner] {guess.line()}")
+    busy = busy_machine_warning(load_average(), os.cpu_count() or 1, torch.get_num_threads(),
+                                os.environ.get("OMP_WAIT_POLICY", ""))
+    if busy:
+        log(f"[planner] warning: {busy}")
     if settings.max_minutes is not None and guess.total_s > 60 * settings.max_minutes:
         raise PlannerError(f"the search would take about {guess.total_s / 60:.0f} minutes, over --max-minutes "
                            f"{settings.max_minutes:g}; lower --trials or --samples, or raise --max-minutes")
@@ -237,6 +241,19 @@ def _prepare(settings: SearchSettings, pipe, log, start: float) -> _Session:
                           baseline_flops=baseline_flops)
     return _Session(settings=settings, budget=budget, families=families, study=study, study_name=study_name,
                     storage=storage, storage_desc=storage_desc, ctx=ctx, objective=objective, start=start, left_out=left_out)
+
+
+def busy_machine_warning(load: float | None, cores: int, threads: int, wait_policy: str) -> str | None:
+    """A warning when other processes compete for the cores (the 1-minute load, which includes this
+    process's own estimate, exceeds the cores). torch's OpenMP threads then spin-wait for each other: with
+    one core busy, a 10-step digits-unet batch at 2 threads took 6.37 s instead of 0.29 s, while ONNX
+    Runtime barely slowed, so speed-ups between torch and ONNX trials come out many times too high.
+    OMP_WAIT_POLICY=PASSIVE (0.41 s loaded, but 1.7x slower on quiet cores) or fewer threads avoid it."""
+    if load is None or load <= cores + 0.5 or wait_policy.strip().lower() == "passive":
+        return None
+    return (f"the machine is busy (load {load:.1f} on {cores} cores): torch threads spin-wait under competition "
+            f"and time many times slower than ONNX Runtime does, which distorts speed-ups; search on quiet cores, "
+            f"or with --threads {max(1, min(threads, cores) - 1)}, or with OMP_WAIT_POLICY=PASSIVE")
 
 
 def optimize(settings: SearchSettings, pipe=None, log=print, verbose: bool = False,

@@ -127,3 +127,15 @@ def test_every_frontier_point_is_tried_alone_then_with_the_exporter():
         ("ddim", 3, "eager"), ("dpmpp_2m", 3, "eager"), ("euler", 4, "eager"),
         ("ddim", 3, "onnx"), ("dpmpp_2m", 3, "onnx"), ("euler", 4, "onnx")]
     assert all("compile.backend" not in t for t in frontier_trials({"ddim": 3}, ["sampler"], "onnx", 50))
+
+
+def test_a_busy_machine_is_named_before_the_search():
+    """Measured: one busy core made a 2-thread torch batch 21x slower and ONNX Runtime barely slower, so a
+    search there ranks exporters too high; the search says so up front, once, with what to do."""
+    from planner.search.optimize import busy_machine_warning
+
+    warning = busy_machine_warning(3.0, 2, 2, "")
+    assert warning and "load 3.0 on 2 cores" in warning and "--threads 1" in warning and "\n" not in warning
+    assert busy_machine_warning(1.6, 2, 2, "") is None          # this process's own estimate, nothing else
+    assert busy_machine_warning(3.0, 2, 2, "PASSIVE") is None   # threads that sleep do not spin
+    assert busy_machine_warning(None, 2, 2, "") is None         # no load average on this platform
