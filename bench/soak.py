@@ -89,6 +89,9 @@ def soak_plan(pipe, plan_path: Path, cache: str):
         cache = "deepcache" if anatomy_of(pipe).is_unet else "taylorseer"
     config = DeepCacheConfig(interval=2) if cache == "deepcache" else TaylorSeerConfig(interval=2)
     kept = [t for t in plan.techniques if not (t.type == config.type or (has_cache and _is_cache(t)))]
+    # an exported graph (ONNX Runtime, TensorRT) would freeze the cache's per-call decisions, so the
+    # exporter refuses a hooked denoiser: such a plan is soaked with its sampler and precision only
+    kept = [t for t in kept if not (t.type == "compile" and t.params.get("backend") in ("onnx", "tensorrt"))]
     data = plan.model_dump()
     data["techniques"] = [t.model_dump() for t in kept] + [TechniqueEntry(**config.to_dict()).model_dump()]
     return Plan.model_validate(data), config.label()
