@@ -147,8 +147,9 @@ class SearchContext:
             generate_reference=lambda: self.baseline.get(ref_request), cache=self.cache,
             cache_key={"kind": "reference", "setting": self.baseline.setting, "n": n, "seed": s.seed})
 
-    def evaluator(self, phase: str, n: int, budget: Budget) -> Evaluator:
-        key = (phase, n, str(budget))
+    def evaluator(self, phase: str, n: int, budget: Budget, mode: str | None = None) -> Evaluator:
+        mode = mode or self.settings.sample_mode
+        key = (phase, n, str(budget), mode)
         if key not in self._evaluators:
             self._ensure_reference()
             images = self.baseline_images(phase, n)
@@ -156,14 +157,17 @@ class SearchContext:
             if budget.metrics & {"fid", "kid"}:
                 features = self._baseline_features[phase].upto(self.extractor, self.baseline_images(phase, n), n)
             conditions = list(self.requests[phase].conditions[:n])
-            level = ci_level(phase, self.sizes[phase], self.settings.sample_mode)
+            level = ci_level(phase, self.sizes[phase], mode)
             self._evaluators[key] = Evaluator(budget, images, self.reference, self.extractor, conditions,
                                               baseline_features=features, classifier=self.classifier, level=level,
                                               n_boot=boot_replicates(level, budget))
         return self._evaluators[key]
 
-    def decide(self, phase: str, on_size=None) -> tuple[Decision, torch.Tensor]:
-        """The budget's verdict on the pipeline as it is now, on growing sample sizes (sequential)."""
+    def decide(self, phase: str, on_size=None, holds_at_cap_only: bool = False) -> tuple[Decision, torch.Tensor]:
+        """The budget's verdict on the pipeline as it is now, on growing sample sizes (sequential).
+        `holds_at_cap_only`: a clause may fail early but holds only at its cap, where one look at 95% is
+        the whole test (`planner gate`: no early stop for "holds", so no split of the error either)."""
+        mode = "fixed" if holds_at_cap_only else self.settings.sample_mode
         request = self.requests[phase]
         self.decisions += 1
         state = {"images": torch.empty(0), "features": _Features()}
@@ -181,10 +185,10 @@ class SearchContext:
             if budget.metrics & {"fid", "kid"}:
                 self._ensure_reference()
                 features = state["features"].upto(self.extractor, state["images"], n)
-            return self.evaluator(phase, n, budget).evaluate(images, candidate_features=features)
+            return self.evaluator(phase, n, budget, mode).evaluate(images, candidate_features=features)
 
         return decide(self.budget, self.sizes[phase], evaluate, phase, on_size,
-                      stop_when_holding=self.settings.sample_mode != "fixed"), state["images"]
+                      stop_when_holding=mode != "fixed"), state["images"]
 
     # latency ------------------------------------------------------------------------------------------
     def run_baseline_batch(self) -> torch.Tensor:

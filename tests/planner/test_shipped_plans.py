@@ -118,7 +118,9 @@ def test_shipped_plans_apply_bit_identically_to_before_the_refactor(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PLANS, ids=[p.name for p in PLANS])
 def test_shipped_plan_passes_the_gate(path, tmp_path):
-    assert main(["gate", str(path), "--samples", "300", "--junit", str(tmp_path / "gate.xml")]) == 0
+    # 500 samples, as the README's CI example: the DiT plan's ΔFID on these seeds is about +1 (+0.92 at 500),
+    # and 300 FID samples leave a 95% CI too wide to confirm fid+2 ([-0.20, +2.17] measured)
+    assert main(["gate", str(path), "--samples", "500", "--junit", str(tmp_path / "gate.xml")]) == 0
     assert "failures=\"0\"" in (tmp_path / "gate.xml").read_text()
 
 
