@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import re
 import sys
 import tempfile
 import time
@@ -151,14 +150,14 @@ def run_planner(settings, log, pipe=None) -> tuple[dict, list | None]:
 
         journal = optuna.storages.JournalStorage(JournalFileBackend(f"{tmp}/study.journal"))
         study = optuna.load_study(study_name=optuna.get_all_study_names(journal)[0], storage=journal)
+        from planner.search.frontier import PROBES_ATTR
         from planner.search.study import counted
 
         finished = [t for t in study.trials if t.state.is_finished()]
-        probes = [int(m.group(1)) for m in (re.search(r"step frontier \((\d+) quality probes\)", x) for x in lines) if m]
         # evaluations: the configurations measured (what --trials counts); a configuration TPE proposes again
         # is given its earlier measurement and is not one. The frontier's probes measure quality only.
         report = {"evaluations": counted(study), "trials_in_study": len(finished),
-                  "frontier_quality_probes": sum(probes),
+                  "frontier_quality_probes": study.user_attrs.get(PROBES_ATTR, 0),
                   "verifications": sum("verifying trial" in s for s in lines),
                   "wall_s": wall, "message": message, "plan": None}
         if result is None:

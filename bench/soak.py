@@ -80,6 +80,7 @@ def soak_plan(pipe, plan_path: Path, cache: str):
     from backends.technique import STAGE_CACHE
     from ground.anatomy import anatomy_of
     from planner.plan import Plan, TechniqueEntry, load_plan
+    from search_spaces.compile import EXPORTERS
 
     plan = load_plan(plan_path)
     has_cache = any(c.stage == STAGE_CACHE for c in plan.technique_configs())
@@ -91,7 +92,7 @@ def soak_plan(pipe, plan_path: Path, cache: str):
     kept = [t for t in plan.techniques if not (t.type == config.type or (has_cache and _is_cache(t)))]
     # an exported graph (ONNX Runtime, TensorRT) would freeze the cache's per-call decisions, so the
     # exporter refuses a hooked denoiser: such a plan is soaked with its sampler and precision only
-    kept = [t for t in kept if not (t.type == "compile" and t.params.get("backend") in ("onnx", "tensorrt"))]
+    kept = [t for t in kept if not (t.type == "compile" and t.params.get("backend") in EXPORTERS)]
     data = plan.model_dump()
     data["techniques"] = [t.model_dump() for t in kept] + [TechniqueEntry(**config.to_dict()).model_dump()]
     return Plan.model_validate(data), config.label()

@@ -25,6 +25,7 @@ from search_spaces.sampler import sampler_choices, step_choices
 
 ATTR = "step_frontier"
 OWNER_ATTR = "step_frontier_by"   # host:pid of the worker finding the frontier
+PROBES_ATTR = "step_frontier_probes"   # quality-only evaluations the frontier cost
 WAIT_S = 1800                     # a joiner waits at most this long for another machine's frontier
 PROBE_LIMIT = 48   # probes in all: bisection over <= 12 step choices for <= 7 samplers needs fewer
 
@@ -106,6 +107,7 @@ def step_frontier(ctx, study, log) -> dict[str, int | None]:
         frontier[name], best = choices[hi], hi
     found = ", ".join(f"{n} {s}" for n, s in sorted(frontier.items(), key=lambda kv: kv[1] or 10**6) if s)
     log(f"[planner] step frontier ({probes} quality probes): {found or 'no sampler holds the budget'}")
+    study.set_user_attr(PROBES_ATTR, probes)
     return frontier
 
 

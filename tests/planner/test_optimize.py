@@ -27,8 +27,10 @@ def test_optimize_writes_a_verified_plan_and_resumes(digits_unet, tmp_path, monk
     args = ["optimize", "digits-unet", "--budget", "psnr>=12", "--out", str(out), "--study-name", "t", *FAST]
     assert main([*args, "--trials", "2"]) == 0
     plan = load_plan(out)
-    frontier = json.loads(_study(tmp_path, "t").user_attrs["step_frontier"])
+    attrs = _study(tmp_path, "t").user_attrs
+    frontier = json.loads(attrs["step_frontier"])
     fewest = min(s for s in frontier.values() if s)
+    assert attrs["step_frontier_probes"] >= len(frontier)   # one probe per sampler at least (benches count them)
     assert plan.shapes.steps == fewest and plan.measured.work_ratio == pytest.approx(fewest / 20, abs=0.05)
     assert all(m.holds_conservative for m in plan.measured.metrics)
     assert plan.measured.verify_seeds[0] != plan.measured.search_seeds[0]
