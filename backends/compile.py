@@ -34,7 +34,7 @@ from backends.technique import STAGE_COMPILE, Handle, NotApplicable, TechniqueCo
 from ground.anatomy import anatomy_of
 from ground.cache import cache_dir
 from ground.devices import device_of
-from ground.hooks import add_call_hook, is_hooked
+from ground.hooks import add_call_hook, is_hooked, replace_attribute
 
 HOOK = "planner.compile"
 
@@ -150,24 +150,23 @@ def _apply_torch(pipe, denoiser, config: CompileConfig) -> Handle:
         if not targets:
             raise NotApplicable(f"compile torch_regional: no repeated blocks found in {type(denoiser).__name__}")
     info: dict[str, Any] = {"compiled": [n or "<root>" for n, _ in targets], "amortize_calls": config.amortize_calls}
-    previous = [(m, m.__dict__.get("_compiled_call_impl")) for _, m in targets]
     t0 = time.perf_counter()
-    for _, m in targets:
-        m.compile(**kwargs)
+    # What `nn.Module.compile()` does in place, as a named attribute replacement (listed, removable).
+    compiled = [(m, torch.compile(m._call_impl, **kwargs)) for _, m in targets]
     info["wrap_s"] = time.perf_counter() - t0
-    compiled = [(m, m.__dict__.get("_compiled_call_impl")) for _, m in targets]
-    # Compilation happens lazily at the first denoiser call: its time (compile + one call) is the setup time.
-    timer = [_time_first_call(denoiser, info)]
+
+    def put_on() -> list:
+        # Compilation happens lazily at the first denoiser call: its time (compile + one call) is the setup time.
+        return [replace_attribute(m, "_compiled_call_impl", impl, HOOK) for m, impl in compiled] + \
+            [_time_first_call(denoiser, info)]
+    undos = put_on()
 
     def undo() -> None:
-        timer[0]()
-        for m, prev in previous:
-            m._compiled_call_impl = prev
+        for fn in reversed(undos):
+            fn()
 
     def resume() -> None:   # the code compiled before, back in place: no recompilation
-        for m, impl in compiled:
-            m._compiled_call_impl = impl
-        timer[0] = _time_first_call(denoiser, info)
+        undos[:] = put_on()
     return Handle(config, undo, info=info, suspend=undo, resume=resume)
 
 

@@ -13,8 +13,9 @@ Modes
 
 `exclude` lists layer groups kept in full precision (`first_block`, `last_block`, `attention`, `mlp`,
 `embeddings`, `io`: the input/output projections and convolutions). The handle records exactly which
-modules changed. `remove()` puts back the original module objects, parameters and buffers (same tensor
-objects), so the output is bit-identical afterwards.
+modules changed. The change is a named state swap (`ground.hooks.StateSwap`): `remove()` puts back the
+original module objects, parameters and buffers (same tensor objects), so the output is bit-identical
+afterwards.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pydantic import model_validator
 from backends.technique import STAGE_PRECISION, Handle, NotApplicable, TechniqueConfig, register
 from ground.anatomy import anatomy_of
 from ground.devices import device_of
-from ground.hooks import Rewrite, add_forward_hook
+from ground.hooks import Rewrite, StateSwap, add_forward_hook
 from ground.schema import Tuple
 
 HOOK = "planner.quantize"
@@ -162,41 +163,6 @@ def select_layers(pipe, exclude, kinds=(torch.nn.Linear,)) -> tuple[list[str], l
         if type(module) in kinds:
             (excluded if groups_of(denoiser, name, blocks) & set(exclude) else selected).append(name)
     return selected, excluded
-
-
-# ------------------------------------------------------------------------------------------- exact restore
-
-def snapshot(module: torch.nn.Module):
-    """Everything needed to put `module` back exactly: every submodule's attributes (children, parameter and
-    buffer objects, instance attributes some quantisers add) and each parameter's data tensor."""
-    state = []
-    for m in module.modules():
-        attrs = dict(m.__dict__)
-        params = dict(m._parameters)
-        data = {k: p.data for k, p in params.items() if p is not None}
-        state.append((m, attrs, dict(m._modules), params, data, dict(m._buffers)))
-    return state
-
-
-def _owned_by_hooks(key: str) -> bool:
-    # The hook registries put these on modules and take them off again themselves; a technique attached
-    # after this one and removed after it must find them where it left them.
-    return key.startswith("_planner_") or key in ("_diffusers_hook", "forward")
-
-
-def restore(state) -> None:
-    for m, attrs, modules, params, data, buffers in state:
-        for key in [k for k in m.__dict__ if k not in attrs and not _owned_by_hooks(k)]:
-            del m.__dict__[key]
-        m.__dict__.update({k: v for k, v in attrs.items() if not _owned_by_hooks(k)})
-        m._modules.clear()
-        m._modules.update(modules)
-        m._parameters.clear()
-        m._parameters.update(params)
-        for k, d in data.items():
-            params[k].data = d
-        m._buffers.clear()
-        m._buffers.update(buffers)
 
 
 # ------------------------------------------------------------------------------------------- handlers
@@ -341,7 +307,7 @@ def apply_quantize(pipe, config: QuantizeConfig) -> Handle:
         raise NotApplicable(f"quantize {config.mode}: {reason}")
     if config.mode == "fp32":
         return Handle(config, lambda: None, info={"changed": []})
-    state = snapshot(denoiser)
+    swap = StateSwap(denoiser, HOOK)
     hooks = _Hooks()
     try:
         if config.mode in ("bf16", "fp16"):
@@ -355,16 +321,16 @@ def apply_quantize(pipe, config: QuantizeConfig) -> Handle:
             info["backend"] = "torchao"
     except BaseException:
         hooks.take_off()
-        restore(state)
+        swap.undo()
         raise
-    applied = snapshot(denoiser)   # the quantised state, to swap back in on resume
+    swap.done()   # the quantised state, to swap back in on resume
 
     def undo() -> None:
         hooks.take_off()
-        restore(state)
+        swap.undo()
 
     def resume() -> None:
-        restore(applied)
+        swap.redo()
         hooks.put_on()
     info["exclude"] = list(config.exclude)
     return Handle(config, undo, info=info, suspend=undo, resume=resume)

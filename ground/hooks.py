@@ -1,6 +1,6 @@
 """Named hooks: the one way techniques attach to a pipeline, listed by name and removable in any order.
 
-Four places a technique can act, each with a registry of named hooks on the object itself:
+Five places a technique can act, each with a registry of named hooks on the object itself:
 
 * `add_call_hook(obj, name, fn)`: around every call of an object, i.e. a module's `__call__` or the
   pipeline's own `__call__`. `fn(call, *args, **kwargs)`, where `call(*args, **kwargs)` runs the rest of
@@ -12,10 +12,15 @@ Four places a technique can act, each with a registry of named hooks on the obje
   `set_timesteps` and `step`). The instance attribute becomes a dispatcher with the method's signature
   (pipelines inspect `set_timesteps` for `timesteps`/`sigmas`); the last removal restores what was there.
 * `replace_attribute(obj, attribute, value, name)`: an attribute swapped for the duration (the sampler's
-  scheduler, an exported denoiser standing in for the original).
+  scheduler, an exported denoiser standing in for the original, a module's compiled call). Replacements
+  of one attribute nest and come off in any order.
 * `add_forward_hook(module, name, hook)`: diffusers' own `HookRegistry` with a `ModelHook`, for hooks
   that change what a module computes and so belong *inside* compiled code (precision casts, token
-  reduction, observing a norm's output). The registry is removed again with the last of our hooks.
+  reduction, observing a norm's output, the profiler's timers). The registry is removed again with the
+  last of our hooks. Only diffusers' public registry API is used (`check_if_exists_or_initialize`,
+  `register_hook`, `remove_hook`, `hooks`); the registry is found on a module by its type.
+* `StateSwap(module, name)`: a named in-place change of a module tree's own state (children, parameters,
+  buffers: what quantisers do), undone by putting the very same objects back, hooks left alone.
 
 In a chain the hook added last runs outermost. `attached(pipe)` lists every named hook on a pipeline,
 its scheduler and every module of its components. Hook names start with "planner." so they read apart
@@ -27,13 +32,14 @@ import functools
 from typing import Any, Callable
 
 import torch
-from diffusers.hooks import ModelHook
+from diffusers.hooks import HookRegistry, ModelHook
 
 CALL_HOOKS = "_planner_call_hooks"       # obj.__dict__: {name: fn}, in order of addition
 CALL_CLASS = "_planner_call_class"       # obj.__dict__: (hooked subclass, original class)
 METHOD_HOOKS = "_planner_method_hooks"   # obj.__dict__: {method: {"hooks": {name: fn}, "previous": ...}}
 FORWARD_STATE = "_planner_forward_state"  # module.__dict__: what was there before our first forward hook
-REPLACED = "_planner_replaced"           # obj.__dict__: {attribute: (name, our value, what was there)}
+REPLACED = "_planner_replaced"           # obj.__dict__: {attribute: [[name, our value, what was there], ...]}
+SWAPS = "_planner_swaps"                 # module.__dict__: {name: StateSwap}
 _MISSING = object()
 _HOOKED_CLASSES: dict[type, type] = {}
 
@@ -70,6 +76,11 @@ def add_call_hook(obj: Any, name: str, fn: Callable) -> Callable[[], None]:
     if name in hooks:
         raise ValueError(f"a call hook named {name!r} is already attached to {type(obj).__name__}")
     if CALL_CLASS not in obj.__dict__:
+        # Why a class swap (while hooked, `type(obj) is Cls` is false: diffusers' `from_pipe` leaves such a
+        # denoiser behind): Python looks `__call__` up on the type, so a pipeline has no per-object place
+        # to wrap it; a module's only one, `_compiled_call_impl`, is what in-place compilation
+        # (`module.compile()`, `compile_repeated_blocks`) overwrites, and cache decisions must stay outside
+        # compiled code whichever comes first. Every other kind of hook here leaves the class alone.
         original = type(obj)
         hooked = _hooked_class(original)
         object.__setattr__(obj, "__class__", hooked)
@@ -142,16 +153,21 @@ def method_hook_names(obj: Any) -> dict[str, list[str]]:
 
 # --------------------------------------------------------------------------------------- forward hooks
 
+def _registry(module: torch.nn.Module) -> HookRegistry | None:
+    """The module's diffusers registry, if any, found by type (the attribute holding it is diffusers' own)."""
+    return next((v for v in vars(module).values() if isinstance(v, HookRegistry)), None)
+
+
 def add_forward_hook(module: torch.nn.Module, name: str, hook) -> Callable[[], None]:
     """Register a diffusers `ModelHook` under `name` in the module's `HookRegistry`; returns the undo."""
-    from diffusers.hooks import HookRegistry
-
-    if FORWARD_STATE not in module.__dict__:
-        module.__dict__[FORWARD_STATE] = {"forward": module.__dict__.get("forward", _MISSING),
-                                          "registry": module.__dict__.get("_diffusers_hook", _MISSING),
-                                          "names": set()}
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-    module.__dict__[FORWARD_STATE]["names"].add(name)
+    state = module.__dict__.get(FORWARD_STATE)
+    if state is None:
+        keys, forward = set(module.__dict__), module.__dict__.get("forward", _MISSING)
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        state = module.__dict__[FORWARD_STATE] = {"forward": forward, "registry": registry, "names": set(),
+                                                  "created": set(module.__dict__) - keys}
+    state["registry"].register_hook(hook, name)
+    state["names"].add(name)
     return functools.partial(remove_forward_hook, module, name)
 
 
@@ -159,7 +175,7 @@ def remove_forward_hook(module: torch.nn.Module, name: str) -> None:
     state = module.__dict__.get(FORWARD_STATE)
     if state is None or name not in state["names"]:
         return
-    registry = module.__dict__["_diffusers_hook"]
+    registry = state["registry"]
     registry.remove_hook(name, recurse=False)
     state["names"].discard(name)
     if state["names"]:
@@ -168,8 +184,8 @@ def remove_forward_hook(module: torch.nn.Module, name: str) -> None:
     if registry.hooks:
         return  # diffusers' own hooks remain: their registry stays as it is
     # Leave the module exactly as before: no registry we created, no instance `forward` we caused.
-    if state["registry"] is _MISSING:
-        del module.__dict__["_diffusers_hook"]
+    for key in state["created"]:
+        module.__dict__.pop(key, None)
     if state["forward"] is _MISSING:
         module.__dict__.pop("forward", None)
     else:
@@ -207,40 +223,115 @@ class Rewrite(ModelHook):
 
 
 def forward_hook_names(module: torch.nn.Module) -> list[str]:
-    registry = module.__dict__.get("_diffusers_hook")
-    return list(getattr(registry, "_hook_order", ())) if registry is not None else []
+    registry = _registry(module)
+    return list(registry.hooks) if registry is not None else []   # in order of registration
 
 
 # ------------------------------------------------------------------------------------ replaced attributes
 
 def replace_attribute(obj: Any, attribute: str, value: Any, name: str) -> Callable[[], None]:
-    """Put `value` at `obj.attribute` (a pipeline's scheduler, a swapped-in component) under `name`;
-    the undo restores what was there, unless something else replaced it since (then it stays)."""
-    table = obj.__dict__.setdefault(REPLACED, {})
-    if attribute in table:
-        raise ValueError(f"{type(obj).__name__}.{attribute} is already replaced by {table[attribute][0]!r}")
-    table[attribute] = (name, value, obj.__dict__.get(attribute, _MISSING))
+    """Put `value` at `obj.attribute` (a pipeline's scheduler, a swapped-in component) under `name`.
+    Replacements nest; undoing one, in any order, leaves what the others would have left, and an attribute
+    something else has replaced since stays as it is."""
+    entries = obj.__dict__.setdefault(REPLACED, {}).setdefault(attribute, [])
+    if any(entry[0] == name for entry in entries):
+        raise ValueError(f"{type(obj).__name__}.{attribute} is already replaced by {name!r}")
+    entries.append([name, value, obj.__dict__.get(attribute, _MISSING)])
     obj.__dict__[attribute] = value   # not setattr: DiffusionPipeline.__setattr__ would rewrite its config
-    return functools.partial(restore_attribute, obj, attribute)
+    return functools.partial(restore_attribute, obj, attribute, name)
 
 
-def restore_attribute(obj: Any, attribute: str) -> None:
+def restore_attribute(obj: Any, attribute: str, name: str) -> None:
     table = obj.__dict__.get(REPLACED, {})
-    if attribute not in table:
+    entries = table.get(attribute, [])
+    index = next((i for i, entry in enumerate(entries) if entry[0] == name), None)
+    if index is None:
         return
-    _, value, previous = table.pop(attribute)
+    _, value, previous = entries.pop(index)
+    if index < len(entries):
+        entries[index][2] = previous   # the replacement made after this one now falls back past it
+    elif obj.__dict__.get(attribute) is value:
+        if previous is _MISSING:
+            del obj.__dict__[attribute]
+        else:
+            obj.__dict__[attribute] = previous
+    if not entries:
+        del table[attribute]
     if not table:
         del obj.__dict__[REPLACED]
-    if obj.__dict__.get(attribute) is not value:
-        return
-    if previous is _MISSING:
-        del obj.__dict__[attribute]
-    else:
-        obj.__dict__[attribute] = previous
 
 
-def replaced_attributes(obj: Any) -> dict[str, str]:
-    return {attr: entry[0] for attr, entry in getattr(obj, "__dict__", {}).get(REPLACED, {}).items()}
+def replaced_attributes(obj: Any) -> list[tuple[str, str]]:
+    table = getattr(obj, "__dict__", {}).get(REPLACED, {})
+    return [(attr, entry[0]) for attr, entries in table.items() for entry in entries]
+
+
+# ------------------------------------------------------------------------------------- module state swaps
+
+def _owned_by_hooks(key: str, value: Any) -> bool:
+    # What the hooks above put on a module and take off again themselves: a state swap leaves them alone,
+    # so a hook attached after the swap and removed after its undo finds its things where it left them.
+    return key.startswith("_planner_") or key == "forward" or isinstance(value, HookRegistry)
+
+
+def _snapshot(module: torch.nn.Module) -> list:
+    state = []
+    for m in module.modules():
+        params = dict(m._parameters)
+        data = {k: p.data for k, p in params.items() if p is not None}
+        state.append((m, dict(m.__dict__), dict(m._modules), params, data, dict(m._buffers)))
+    return state
+
+
+def _restore(state: list) -> None:
+    for m, attrs, modules, params, data, buffers in state:
+        for key in [k for k, v in m.__dict__.items() if k not in attrs and not _owned_by_hooks(k, v)]:
+            del m.__dict__[key]
+        m.__dict__.update({k: v for k, v in attrs.items() if not _owned_by_hooks(k, v)})
+        m._modules.clear()
+        m._modules.update(modules)
+        m._parameters.clear()
+        m._parameters.update(params)
+        for k, d in data.items():
+            params[k].data = d
+        m._buffers.clear()
+        m._buffers.update(buffers)
+
+
+class StateSwap:
+    """A named in-place change of `module`'s tree (children, parameter objects and their data, buffers,
+    instance attributes), as quantisers make it: create it, change the module, call `done()`. `undo()`
+    puts back the very objects that were there (outputs come back bit for bit), `redo()` the changed ones;
+    hooks attached meanwhile stay where they are. Listed by `attached` while in effect."""
+
+    def __init__(self, module: torch.nn.Module, name: str) -> None:
+        if name in swap_names(module):
+            raise ValueError(f"{type(module).__name__} already has a state swap named {name!r}")
+        self.module, self.name = module, name
+        self.before, self.after = _snapshot(module), None
+        module.__dict__.setdefault(SWAPS, {})[name] = self
+
+    def done(self) -> None:
+        self.after = _snapshot(self.module)
+
+    def undo(self) -> None:
+        table = self.module.__dict__.get(SWAPS, {})
+        if table.get(self.name) is not self:
+            return
+        _restore(self.before)
+        del table[self.name]
+        if not table:
+            del self.module.__dict__[SWAPS]
+
+    def redo(self) -> None:
+        if self.name in swap_names(self.module) or self.after is None:
+            return
+        _restore(self.after)
+        self.module.__dict__.setdefault(SWAPS, {})[self.name] = self
+
+
+def swap_names(module: torch.nn.Module) -> list[str]:
+    return list(getattr(module, "__dict__", {}).get(SWAPS, {}))
 
 
 # --------------------------------------------------------------------------------------------- listing
@@ -249,7 +340,7 @@ def attached(pipe) -> list[tuple[str, str]]:
     """Every named hook on `pipe`: [(where, name)], e.g. ("pipeline", "planner.sampler"),
     ("scheduler.step", "planner.steps"), ("unet.mid_block", "planner.deepcache")."""
     out = [("pipeline", n) for n in call_hook_names(pipe)]
-    out += [(f"pipeline.{attr}", n) for attr, n in replaced_attributes(pipe).items()]
+    out += [(f"pipeline.{attr}", n) for attr, n in replaced_attributes(pipe)]
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is not None:
         out += [(f"scheduler.{m}", n) for m, names in method_hook_names(scheduler).items() for n in names]
@@ -262,6 +353,8 @@ def attached(pipe) -> list[tuple[str, str]]:
             where = f"{attr}.{sub}" if sub else attr
             out += [(where, n) for n in call_hook_names(module)]
             out += [(where, n) for n in forward_hook_names(module)]
+            out += [(where, n) for n in swap_names(module)]
+            out += [(f"{where}.{attr}", n) for attr, n in replaced_attributes(module)]
     return out
 
 

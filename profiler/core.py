@@ -17,6 +17,7 @@ from ground.anatomy import anatomy_of
 from ground.cache import cache_dir
 from ground.errors import PlannerError
 from ground.generation import default_request, generate
+from ground.hooks import Observer, add_forward_hook, attached
 from ground.identity import fingerprint
 from profiler.blocks import discover_blocks
 from profiler.document import ProfileRun, assemble
@@ -124,28 +125,28 @@ def _flops_and_memory(denoiser, recorder: Recorder, specs, device) -> tuple[dict
         base = {}
 
         def pre(i):
-            def hook(m, a):
+            def hook(args, kwargs):
                 torch.cuda.synchronize(device)
                 base[i] = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
             return hook
 
         def post(i):
-            def hook(m, a, o):
+            def hook(output):
                 torch.cuda.synchronize(device)
                 peaks[i] = int(torch.cuda.max_memory_allocated(device) - base[i])
             return hook
 
         for i, spec in enumerate(specs):
             if spec.level == 0:
-                handles.append(spec.module.register_forward_pre_hook(pre(i)))
-                handles.append(spec.module.register_forward_hook(post(i)))
+                handles.append(add_forward_hook(spec.module, "planner.profiler.memory",
+                                                Observer(pre=pre(i), post=post(i))))
         try:
             start = torch.cuda.memory_allocated(device)
             denoiser(*args, **kwargs)
         finally:
-            for h in handles:
-                h.remove()
+            for undo in reversed(handles):
+                undo()
         torch.cuda.reset_peak_memory_stats(device)
         denoiser(*args, **kwargs)
         denoiser_peak = int(torch.cuda.max_memory_allocated(device) - start)
@@ -195,7 +196,7 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
         specs = discover_blocks(pipe)
         recorder = Recorder(pipe, denoiser, specs, use_cuda_events=device.type == "cuda", analyse=analyse,
                             token_threshold=token_threshold, max_tokens=max_tokens)
-        hooks_before = {id(m): (len(m._forward_hooks), len(m._forward_pre_hooks)) for m in denoiser.modules()}
+        hooks_before = attached(pipe)
         images, call_ms = [], []
         recorder.attach()
         try:
@@ -215,8 +216,7 @@ def profile_pipeline(pipe, request=None, sampler=None, steps: int | None = None,
                     images.append(out)
         finally:
             recorder.detach()
-        hooks_after = {id(m): (len(m._forward_hooks), len(m._forward_pre_hooks)) for m in denoiser.modules()}
-        if hooks_after != hooks_before:
+        if attached(pipe) != hooks_before:
             raise RuntimeError("profiler hooks were not all removed")
         flops, total_flops, peaks, denoiser_peak = _flops_and_memory(denoiser, recorder, specs, device)
     finally:

@@ -1,6 +1,7 @@
 """Forward hooks that time and observe every block of a denoiser, step by step, without changing it.
 
-Timing. Each hooked module gets a pre- and a post-hook. On CPU the region between them is timed with
+Timing. Each hooked module gets a named forward hook ("planner.profiler.timing", a `ground.hooks.Observer`)
+with a pre and a post callback. On CPU the region between them is timed with
 `time.perf_counter`; on CUDA with a pair of CUDA events (recorded, never synchronised inside the
 region; they are read after the pipeline call). What the hooks do besides timing (keeping a copy of
 an output for the redundancy analysis) is itself timed and subtracted from every enclosing region, so
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ground.anatomy import anatomy_of
+from ground.hooks import Observer, add_forward_hook
 from ground.steps import release_steps, track_steps
 from profiler.blocks import BlockSpec, primary_input, primary_output, tensors_in
 
@@ -107,20 +109,21 @@ class Recorder:
         self._tracker = track_steps(self.pipe)
         self._untrack.append(self._tracker.on_reset(self._on_reset))
         self._untrack.append(self._tracker.on_step_end(self._on_step_end))
+        # The indicator first: the hook added last runs outermost, and the denoiser's timing hook must
+        # run before the indicator's (it decides whether this call is captured).
+        self._attach_indicator()
         for i, spec in enumerate(self.specs):
             self._hook(spec.module, i)
         self._hook(self.denoiser, -1)
-        self._attach_indicator()
 
     def _hook(self, module: torch.nn.Module, i: int) -> None:
-        self._handles.append(module.register_forward_pre_hook(
-            lambda m, args, kwargs, i=i: self._pre(i, args, kwargs), with_kwargs=True))
-        self._handles.append(module.register_forward_hook(
-            lambda m, args, kwargs, out, i=i: self._post(i, args, kwargs, out), with_kwargs=True))
+        observer = Observer(pre=lambda args, kwargs, i=i: self._pre(i, args, kwargs),
+                            post=lambda out, i=i: self._post(i, out))
+        self._handles.append(add_forward_hook(module, "planner.profiler.timing", observer))
 
     def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
+        for undo in reversed(self._handles):
+            undo()
         self._handles.clear()
         for undo in self._untrack:
             undo()
@@ -170,7 +173,7 @@ class Recorder:
             self.overhead += t1 - t0
             self._open[i] = (t1, self.overhead, x, None)
 
-    def _post(self, i: int, args: tuple, kwargs: dict, output) -> None:
+    def _post(self, i: int, output) -> None:
         t_end = time.perf_counter()
         end = None
         if self.cuda:

@@ -27,7 +27,7 @@ import torch
 
 from ground.anatomy import anatomy_of
 from ground.errors import PlannerError
-from ground.hooks import add_call_hook
+from ground.hooks import Observer, add_call_hook, add_forward_hook
 from ground.steps import release_steps, track_steps
 
 Interceptor = Callable[..., Any]   # fn(call, *args, **kwargs) where call(*args, **kwargs) runs the module
@@ -309,8 +309,9 @@ class FirstBlockDecidesRuntime(BlockReuseRuntime):
 
 
 class WorkCounter:
-    """Counts evaluations of a denoiser's work units with forward pre-hooks (and the sample rows they
-    process, so a half-batch CFG-reuse call counts half). Use as a context manager."""
+    """Counts evaluations of a denoiser's work units with named forward hooks ("planner.work_counter",
+    observers: a skipped unit never runs its forward, so it is not counted), and the sample rows they
+    process, so a half-batch CFG-reuse call counts half. Use as a context manager."""
 
     def __init__(self, pipe) -> None:
         anatomy = anatomy_of(pipe)
@@ -318,10 +319,9 @@ class WorkCounter:
         self.calls = 0
         self.rows = 0
         self.denoiser_rows = 0
-        self._handles = []
-        for _, module in anatomy.work_units():
-            self._handles.append(module.register_forward_pre_hook(self._unit, with_kwargs=True))
-        self._handles.append(self.denoiser.register_forward_pre_hook(self._top, with_kwargs=True))
+        self._handles = [add_forward_hook(module, "planner.work_counter", Observer(pre=self._unit))
+                         for _, module in anatomy.work_units()]
+        self._handles.append(add_forward_hook(self.denoiser, "planner.work_counter", Observer(pre=self._top)))
 
     @staticmethod
     def _batch(args, kwargs) -> int:
@@ -330,16 +330,16 @@ class WorkCounter:
                 return int(value.shape[0])
         return 1
 
-    def _unit(self, module, args, kwargs) -> None:
+    def _unit(self, args, kwargs) -> None:
         self.calls += 1
         self.rows += self._batch(args, kwargs)
 
-    def _top(self, module, args, kwargs) -> None:
+    def _top(self, args, kwargs) -> None:
         self.denoiser_rows += self._batch(args, kwargs)
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
+        for undo in reversed(self._handles):
+            undo()
         self._handles.clear()
 
     def __enter__(self) -> "WorkCounter":

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ground.errors import PlannerError
 from planner.commands.common import add_condition_arguments
@@ -60,15 +61,21 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def set_sampler(pipe, name: str) -> None:
-    if name == "keep":
-        return
+def set_sampler(pipe, name: str) -> Callable[[], None]:
+    """Give `pipe` the baseline sampler `name` (a named scheduler replacement, listed by
+    `ground.hooks.attached`); returns its undo. Named "baseline.sampler", not "planner.*": it is the
+    evaluation's starting point, not a technique, so a plan can still be applied on top."""
     import diffusers
 
+    from ground.hooks import replace_attribute
+
+    if name == "keep":
+        return lambda: None
     cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler,
            "euler": diffusers.EulerDiscreteScheduler, "dpm": diffusers.DPMSolverMultistepScheduler}[name]
-    if not isinstance(pipe.scheduler, cls):
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    if isinstance(pipe.scheduler, cls):
+        return lambda: None
+    return replace_attribute(pipe, "scheduler", cls.from_config(pipe.scheduler.config), "baseline.sampler")
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:

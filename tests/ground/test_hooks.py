@@ -6,8 +6,9 @@ import itertools
 import pytest
 import torch
 
-from ground.hooks import (Observer, Rewrite, add_call_hook, add_forward_hook, add_method_hook, attached,
-                          call_hook_names, forward_hook_names, is_hooked, method_hook_names, replace_attribute)
+from ground.hooks import (Observer, Rewrite, StateSwap, add_call_hook, add_forward_hook, add_method_hook, attached,
+                          call_hook_names, forward_hook_names, is_hooked, method_hook_names, replace_attribute,
+                          swap_names)
 
 
 class Net(torch.nn.Module):
@@ -128,6 +129,43 @@ def test_replaced_attribute_comes_back_unless_replaced_again():
     pipe.__dict__["scheduler"] = "someone else's"
     undo()
     assert pipe.scheduler == "someone else's"
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_replacements_of_one_attribute_nest_and_come_off_in_any_order(order):
+    class Pipe:
+        pass
+
+    pipe = Pipe()
+    pipe.scheduler = "original"
+    undos = [replace_attribute(pipe, "scheduler", f"value {i}", f"planner.{i}") for i in range(3)]
+    assert pipe.scheduler == "value 2" and [n for _, n in attached(pipe)] == ["planner.0", "planner.1", "planner.2"]
+    for k, i in enumerate(order):
+        undos[i]()
+        left = [j for j in range(3) if j not in order[:k + 1]]
+        assert pipe.scheduler == (f"value {left[-1]}" if left else "original")
+    assert attached(pipe) == [] and set(vars(pipe)) == {"scheduler"}
+
+
+def test_a_state_swap_puts_the_same_objects_back_and_leaves_hooks_alone():
+    net = Net()
+    x = torch.randn(2, 3)
+    expected, weight, lin = net(x), net.lin.weight, net.lin
+    swap = StateSwap(net, "planner.swap")
+    net.lin = torch.nn.Linear(3, 3).to(torch.float64)   # a quantiser replacing a child...
+    net.lin.weight.data = net.lin.weight.data * 0        # ...and changing data in place
+    swap.done()
+    undo_obs = add_forward_hook(net, "planner.obs", Observer())   # attached after the swap
+    assert swap_names(net) == ["planner.swap"]
+    swap.undo()
+    assert net.lin is lin and net.lin.weight is weight and torch.equal(net(x), expected)
+    assert swap_names(net) == [] and forward_hook_names(net) == ["planner.obs"]
+    swap.redo()
+    assert net.lin is not lin and net.lin.weight.dtype == torch.float64 and swap_names(net) == ["planner.swap"]
+    undo_obs()
+    swap.undo()
+    swap.undo()   # idempotent
+    assert net.lin is lin and set(net.__dict__) == set(Net().__dict__) and torch.equal(net(x), expected)
 
 
 def test_attached_lists_every_place(tiny_sd):
