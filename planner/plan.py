@@ -22,7 +22,7 @@ from ground.errors import PlannerError, printable
 from ground.files import read_bounded, write_text_atomic
 from ground.schema import Pair, StrictModel
 
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 MAX_PLAN_BYTES = 4 * 1024 * 1024
 MAX_YAML_NODES = 200_000
 MAX_ROWS = 1000
@@ -132,6 +132,46 @@ class SampleSizes(StrictModel):
     cap: int = Field(ge=2, le=100_000)
 
 
+class DecisionRow(StrictModel):
+    """One verified candidate: what the search decided on its seeds and what the verification found."""
+
+    trial: int = Field(ge=0)
+    label: str = Field(max_length=500)
+    clause: str = Field(max_length=100)
+    search_value: float | None = Field(None, description="the search's estimate (bias-corrected FID: at the verification size)")
+    search_n: int | None = Field(None, ge=0, le=10_000_000)
+    search_feasible: bool
+    verify_value: float | None = None
+    verify_n: int | None = Field(None, ge=0, le=10_000_000)
+    verify_point: bool | None = Field(None, description="the verification's point verdict on the unseen seeds")
+    verify_holds: bool = Field(description="the verification's conservative verdict")
+    why: str = Field("", max_length=500, description="why a candidate failed its verification")
+
+
+class Decisions(StrictModel):
+    """How far the search's cheap verdicts predicted the verification (issue: decisions that hold)."""
+
+    estimator: str = Field(max_length=200, description="how the search's small-N estimates were made")
+    agreement: float | None = Field(None, ge=0, le=1, description="share of verified candidates whose search "
+                                    "verdict matched the verification's point verdict")
+    bias: dict[str, float] = Field(default_factory=dict, max_length=16,
+                                   description="per clause: mean of search estimate - verification estimate")
+    rows: list[DecisionRow] = Field(default_factory=list, max_length=100)
+
+
+class SearchCost(StrictModel):
+    """What the search cost, in baseline-image equivalents: wall time / one baseline image's time."""
+
+    wall_s: float = Field(ge=0, lt=1e8)
+    baseline_image_s: float = Field(gt=0, lt=1e6, description="one baseline image at the search's batch, this run")
+    bie: float = Field(ge=0, lt=1e9)
+    images: int = Field(ge=0, le=10**9, description="images generated: baseline + candidates (quality and timing)")
+    trials: int = Field(ge=0, le=10**7)
+    latency_prediction_error: float | None = Field(
+        None, ge=-1e3, le=1e3, description="the plan's latency ratio as the search predicted it (probe-scaled) "
+        "over its end-to-end ratio in the verification, minus 1")
+
+
 class Measured(StrictModel):
     baseline_steps: int = Field(50, ge=1, le=1000, description="steps of the unaccelerated baseline")
     baseline_latency_s: float = Field(gt=0, lt=1e6)
@@ -148,6 +188,8 @@ class Measured(StrictModel):
     verify_seeds: Pair(int)
     setup_s: float | None = Field(None, ge=0, lt=1e7, description="one-off compile/export time")
     amortised_over_calls: int | None = Field(None, ge=1, le=10**9)
+    decisions: Decisions | None = None
+    search_cost: SearchCost | None = None
 
     @model_validator(mode="after")
     def _sane(self):
@@ -171,7 +213,7 @@ class Provenance(StrictModel):
 
 
 class Plan(StrictModel):
-    version: Literal[3] = PLAN_VERSION
+    version: Literal[4] = PLAN_VERSION
     model: ModelRef
     environment: Environment
     shapes: Shapes
@@ -221,8 +263,14 @@ def _v2_to_v3(data: dict) -> dict:
     return dict(data, version=3)
 
 
+def _v3_to_v4(data: dict) -> dict:
+    """v4 may record `measured.decisions` (search vs verification verdicts) and `measured.search_cost`
+    (BIE); v3 plans recorded neither: both stay empty."""
+    return dict(data, version=4)
+
+
 # version -> function turning a plan dict of that version into the next version.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(data: dict) -> dict:

@@ -30,7 +30,7 @@ from ground.errors import PlannerError
 from planner.quality import paired as paired_metrics
 from planner.quality.bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, DEFAULT_SEED, MetricResult, _fmt, bootstrap_counts
 from planner.quality.budget import Budget, Clause, parse_budget
-from planner.quality.fid import GaussianStats, KIDState, frechet_distance, weighted_stats
+from planner.quality.fid import GaussianStats, KIDState, fid_bias_shift, frechet_distance, weighted_stats
 from planner.quality.reference import Reference
 
 REFERENCE_SEED_OFFSET = 1_000_000_000  # reference seeds never meet candidate seeds (N < 1e9)
@@ -49,9 +49,11 @@ class ClauseResult:
     measured: MetricResult | None = None  # the quantity the clause bounds, with its CI
     point: bool | None = None
     conservative: bool | None = None
+    shift: float = 0.0                 # added to the measured quantity: FID predicted at a larger N (see Evaluator)
 
     def to_dict(self) -> dict:
         return {"clause": str(self.clause), "available": self.available, "message": self.message,
+                "shift": self.shift,
                 "baseline": self.baseline, "candidate": self.candidate,
                 "measured": None if self.measured is None else self.measured.to_dict(),
                 "quantity": self.clause.measured_name, "bound": self.clause.bound,
@@ -128,17 +130,22 @@ class Evaluator:
     extractor: the feature extractor that made the reference (needed for fid/kid).
     conditions: the N conditions (needed for acc and clip).
     classifier: images -> class logits (needed for acc; `Anatomy.label_classifier`).
+    fid_at: predict FID at this many samples (`fid_bias_shift`) when evaluating fewer: a decision on 64
+        samples then estimates what the 500-sample verification will measure, not a quantity whose
+        finite-N bias differs between candidate and baseline. The bootstrap CI is shifted with the point.
     """
 
     def __init__(self, budget: Budget | str, baseline: torch.Tensor, reference: Reference | None = None,
                  extractor=None, conditions=None, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED,
                  level: float = DEFAULT_LEVEL, baseline_features: torch.Tensor | None = None,
-                 classifier=None) -> None:
+                 classifier=None, *, fid_at: int | None = None) -> None:
         self.budget = parse_budget(budget) if isinstance(budget, str) else budget
         self.baseline = baseline
         self.n = len(baseline)
         self.reference, self.extractor, self.conditions = reference, extractor, conditions
         self.n_boot, self.seed, self.level = n_boot, seed, level
+        self.fid_at = fid_at
+        self._base_fid_shift: float | None = None
         metrics = self.budget.metrics
         self._counts = np.vstack([np.ones((1, self.n), dtype=np.int64), bootstrap_counts(self.n, n_boot, seed)]) \
             if self.n >= 2 and n_boot > 0 else np.ones((1, self.n), dtype=np.int64)
@@ -200,6 +207,14 @@ class Evaluator:
             candidate, self.baseline)
         return self._counts @ per / self._counts.sum(1)
 
+    def _fid_shifts(self, cand_feats) -> tuple[float, float]:
+        """(candidate, baseline) FID shifts to `fid_at` samples; (0, 0) without `fid_at`."""
+        if self.fid_at is None or self.n >= self.fid_at:
+            return 0.0, 0.0
+        if self._base_fid_shift is None:
+            self._base_fid_shift = fid_bias_shift(self._base_feats, self.reference.stats, self.fid_at)
+        return fid_bias_shift(cand_feats, self.reference.stats, self.fid_at), self._base_fid_shift
+
     def evaluate(self, candidate: torch.Tensor, candidate_features: torch.Tensor | None = None) -> Evaluation:
         if len(candidate) != self.n:
             raise PlannerError(f"candidate has {len(candidate)} images, baseline {self.n}; they must pair up")
@@ -226,6 +241,11 @@ class Evaluator:
                 continue
             c = reps[clause.metric]
             b = self._base_reps.get(clause.metric)
+            raw = None
+            if clause.metric == "fid":
+                c_shift, b_shift = self._fid_shifts(cand_feats)
+                raw = float(c[0] - b[0]) if clause.op in ("+", "-") else float(c[0])
+                c, b = c + c_shift, b + b_shift
             if clause.op in ("+", "-"):
                 q = c - b
             elif clause.op == "*":
@@ -239,7 +259,8 @@ class Evaluator:
             results.append(ClauseResult(
                 clause, True, "", None if clause.paired else float(b[0]) if b is not None else None,
                 float(c[0]), measured, clause.holds(measured.value),
-                clause.holds(clause.unfavourable(lo, hi))))
+                clause.holds(clause.unfavourable(lo, hi)),
+                shift=0.0 if raw is None or clause.op == "*" else float(q[0]) - raw))
         return Evaluation(self.budget, results, self.n,
                           self.reference.source if self.reference is not None else "",
                           getattr(self.extractor, "ident", "") if self.extractor is not None else "")

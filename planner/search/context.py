@@ -22,6 +22,7 @@ from planner.quality.features import get_extractor
 from planner.quality.reference import resolve_reference
 from planner.quality.sequential import Decision, boot_replicates, ci_level, decide, sizes_for
 from planner.quality.store import DiskCache, ImageStore
+from planner.search.latency import PROBE_STEPS, Anchor, measure_anchor
 
 VERIFY_SEED_OFFSET = 500_000        # verification seeds never meet search seeds
 REFERENCE_SEED_OFFSET = 1_000_000   # nor the seeds of a generated FID reference set
@@ -100,6 +101,8 @@ class SearchContext:
         self._evaluators: dict = {}
         self._baseline_features = {"search": _Features(), "verify": _Features()}
         self.applied = None   # the handle of the techniques on the pipeline now (see `trial`)
+        self.anchor: Anchor | None = None   # see session_anchor
+        self.timing_images = {"baseline": 0, "candidate": 0, "probe": 0}
 
     @contextlib.contextmanager
     def trial(self, handle):
@@ -160,8 +163,15 @@ class SearchContext:
             level = ci_level(phase, self.sizes[phase], mode)
             self._evaluators[key] = Evaluator(budget, images, self.reference, self.extractor, conditions,
                                               baseline_features=features, classifier=self.classifier, level=level,
-                                              n_boot=boot_replicates(level, budget))
+                                              n_boot=boot_replicates(level, budget), fid_at=self.fid_at())
         return self._evaluators[key]
+
+    def fid_at(self) -> int | None:
+        """The sample size every FID decision estimates: the verification's cap (what a plan's claim is
+        measured at), so that small-N looks in the search, the step frontier and the verification's own
+        early looks predict it rather than a quantity biased differently for each candidate."""
+        sizes = self.sizes["verify"].get("fid")
+        return None if sizes is None else sizes.cap
 
     def decide(self, phase: str, on_size=None, holds_at_cap_only: bool = False) -> tuple[Decision, torch.Tensor]:
         """The budget's verdict on the pipeline as it is now, on growing sample sizes (sequential).
@@ -191,13 +201,39 @@ class SearchContext:
                       stop_when_holding=mode != "fixed"), state["images"]
 
     # latency ------------------------------------------------------------------------------------------
-    def run_baseline_batch(self) -> torch.Tensor:
-        return generate(self.pipe, self.latency_request, steps=self.settings.baseline_steps,
+    def _timed_call(self, side: str, steps: int) -> torch.Tensor:
+        self.timing_images[side] += self.settings.batch
+        return generate(self.pipe, self.latency_request, steps=steps,
                         guidance_scale=self.settings.guidance_scale, batch_size=self.settings.batch)
 
+    def run_baseline_batch(self) -> torch.Tensor:
+        return self._timed_call("baseline", self.settings.baseline_steps)
+
     def run_candidate_batch(self) -> torch.Tensor:
-        return generate(self.pipe, self.latency_request, steps=self.settings.baseline_steps,
-                        guidance_scale=self.settings.guidance_scale, batch_size=self.settings.batch)
+        return self._timed_call("candidate", self.settings.baseline_steps)
+
+    def run_probe_batch(self) -> torch.Tensor:
+        """The short probe trials are timed against (planner.search.latency.probed_ratio)."""
+        return self._timed_call("probe", PROBE_STEPS)
+
+    def session_anchor(self, handle=None) -> Anchor:
+        """The baseline timed end to end against the probe, once per session (`handle`'s techniques, if
+        any, are suspended meanwhile)."""
+        if self.anchor is None:
+            if handle is not None:
+                handle.suspend()
+            try:
+                self.anchor = measure_anchor(self.run_baseline_batch, self.run_probe_batch,
+                                             repeats=self.settings.latency_repeats)
+            finally:
+                if handle is not None:
+                    handle.resume()
+        return self.anchor
+
+    @property
+    def images_generated(self) -> int:
+        """Every image this session generated: baseline and candidates, for quality and for timing."""
+        return self.baseline.generated + self.candidate_images + sum(self.timing_images.values())
 
 
 class NonFiniteImages(Exception):

@@ -3,8 +3,9 @@
 Quality is decided sequentially (planner.quality.sequential): each clause on as few samples as its CI
 needs. A clause that fails even at its CI's favourable end prunes the trial there (hopeless: no point in
 more samples). Otherwise the point verdicts become Optuna constraints (one per clause, <= 0 feasible),
-and the trial is timed interleaved with the baseline on the same pipeline (techniques suspended for the
-baseline's runs), with counted work beside it. Everything is stored as readable trial attributes.
+and the trial is timed interleaved with a short probe (the baseline's own call at 2 steps, techniques
+suspended) and scaled by the session's one end-to-end baseline timing (planner.search.latency.probed_ratio),
+with counted work beside it. Everything is stored as readable trial attributes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from backends.technique import NotApplicable, apply_all
 from ground.errors import first_line
 from planner.search.context import NonFiniteImages
-from planner.search.latency import interleaved_ratio
+from planner.search.latency import probed_ratio
 from planner.search.work import algorithmic, flops_of
 from search_spaces.compose import suggest_configs
 
@@ -88,7 +89,7 @@ class Objective:
         earlier = self._measured_before(trial)
         if earlier is not None:
             return self._repeat(trial, earlier)
-        if self.cost_model is not None:
+        if self.cost_model is not None and "step_back_of" not in trial.user_attrs:   # see step_back.py
             pending = self.cost_model.needs_confirmation()
             if pending is not None:   # re-time the incumbent before anything is pruned against it
                 self.cost_model.confirm(pending, self.retime(pending))
@@ -145,9 +146,12 @@ class Objective:
         for clause, margin in zip(ctx.budget, margins):
             trial.set_constraint(str(clause), margin)
         trial.set_user_attr("feasible", all(m <= 0 for m in margins))
-        latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
-                                    repeats=ctx.settings.latency_repeats,
-                                    on_baseline=handle.suspend, on_candidate=handle.resume)
+        probed = probed_ratio(ctx.run_candidate_batch, ctx.run_probe_batch, ctx.session_anchor(handle),
+                              repeats=ctx.settings.latency_repeats, on_probe=handle.suspend,
+                              on_candidate=handle.resume)
+        latency = probed.result
+        trial.set_user_attr("timing", {"probe_slowdown": round(probed.probe_slowdown, 3),
+                                       "contended": probed.contended})
         trial.set_user_attr("latency_ratio", latency.ratio)
         trial.set_user_attr("latency_ratio_ci", list(latency.ratio_ci))
         trial.set_user_attr("speedup", latency.speedup)
@@ -186,12 +190,12 @@ class Objective:
         ctx = self.ctx
         handle = apply_all(ctx.pipe, [config_from_dict(d) for d in earlier.user_attrs["techniques"]])
         try:
-            latency = interleaved_ratio(ctx.run_baseline_batch, ctx.run_candidate_batch,
-                                        repeats=max(5, ctx.settings.latency_repeats),
-                                        on_baseline=handle.suspend, on_candidate=handle.resume)
+            probed = probed_ratio(ctx.run_candidate_batch, ctx.run_probe_batch, ctx.session_anchor(handle),
+                                  repeats=max(5, ctx.settings.latency_repeats), on_probe=handle.suspend,
+                                  on_candidate=handle.resume)
         finally:
             handle.remove()
-        return latency.ratio_ci[1]
+        return probed.result.ratio_ci[1]
 
     def counted_work(self, configs) -> float | None:
         """FLOPs of one latency batch with only the algorithmic techniques, on the eager pipeline (call it

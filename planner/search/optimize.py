@@ -29,11 +29,11 @@ import torch
 
 from ground.anatomy import anatomy_of
 from ground.environment import current_environment
-from ground.errors import BudgetNotMet, PlannerError
+from ground.errors import PlannerError
 from ground.files import check_writable
 from ground.identity import fingerprint
 from planner.models import load_pipeline
-from planner.plan import Plan, save_plan
+from planner.plan import Plan
 from planner.quality.availability import check_metrics
 from planner.quality.budget import parse_budget
 from planner.search.context import SearchContext, SearchSettings
@@ -44,10 +44,9 @@ from planner.search.frontier import OWNER_ATTR, frontier_trials, publish_frontie
 from planner.search.families import cannot_help, keep_baseline_sampler, requested_families
 from planner.search.logs import quiet_third_party
 from planner.search.objective import Objective, load_average
-from planner.search.report import write_report
 from planner.search.study import (counted, default_study_name, finished, join_study, journal_path, open_storage,
                                   running, worker_id)
-from planner.search.verify import feasible_trials, plan_for, verify_fastest
+from planner.search.select import select_and_write
 from planner.search.work import flops_of
 from profiler import cached_profile
 from search_spaces.compose import within_space
@@ -84,6 +83,7 @@ class _Session:
     objective: Objective
     start: float
     left_out: str | None = None
+    estimate_image_s: float = 0.0    # one baseline image's time, from the up-front estimate
 
 
 def default_out(name: str) -> str:
@@ -240,7 +240,8 @@ def _prepare(settings: SearchSettings, pipe, log, start: float) -> _Session:
                           cost_model=CostModel(study, settings.baseline_steps, settings.seed),
                           baseline_flops=baseline_flops)
     return _Session(settings=settings, budget=budget, families=families, study=study, study_name=study_name,
-                    storage=storage, storage_desc=storage_desc, ctx=ctx, objective=objective, start=start, left_out=left_out)
+                    storage=storage, storage_desc=storage_desc, ctx=ctx, objective=objective, start=start, left_out=left_out,
+                    estimate_image_s=guess.image_s)
 
 
 def busy_machine_warning(load: float | None, cores: int, threads: int, wait_policy: str) -> str | None:
@@ -278,7 +279,7 @@ def optimize(settings: SearchSettings, pipe=None, log=print, verbose: bool = Fal
                        f"plan, or run: {recovery_command(session)}")
             log(f"[planner] {message}")
             return OptimizeResult(None, None, session.study_name, session.storage_desc, counted(study), message=message)
-        return _select_and_write(session, log)
+        return select_and_write(session, log, recovery_command(session))
 
 
 def recovery_command(session: _Session) -> str:
@@ -322,70 +323,4 @@ def plan_from_study(study_name: str, storage_url: str | None = None, out: str | 
         if others:
             log(f"[planner] note: {len(others)} trial(s) still running; choosing among the {len(finished(study))} finished")
         session = _prepare(settings, pipe, log, start)
-        return _select_and_write(session, log)
-
-
-def _closest(study, budget) -> str:
-    """The trial nearest to meeting the budget (smallest worst clause margin), for the message when none met it."""
-    import math
-
-    best, best_gap = None, math.inf
-    for t in study.get_trials(deepcopy=False):
-        values = t.user_attrs.get("metrics")
-        if not values:
-            continue
-        gaps = []
-        for clause in budget:
-            v = values.get(str(clause))
-            finite = v is not None and math.isfinite(v)
-            gaps.append(math.inf if not finite else v - clause.bound if clause.upper_bound else clause.bound - v)
-        if max(gaps) < best_gap:
-            best, best_gap = t, max(gaps)
-    if best is None:
-        return ""
-    shown = ", ".join(f"{k}: {v:.3g}" for k, v in best.user_attrs["metrics"].items() if v is not None)
-    return f"; closest: trial {best.number} ({best.user_attrs.get('label', '')}) with {shown}"
-
-
-def _select_and_write(session: _Session, log) -> OptimizeResult:
-    settings, study, ctx, budget = session.settings, session.study, session.ctx, session.budget
-    summary = {"model": settings.name, "study": session.study_name, "storage": session.storage_desc,
-               "trials": len(finished(study)), "seconds": time.time() - session.start,
-               "left_out": session.left_out}
-    feasible = feasible_trials(study, settings.baseline_steps)
-    out = Path(settings.out) if settings.out is not None else None   # the Python API may only want the plan
-    verified, verifications = verify_fastest(ctx, session.objective, feasible, log)
-    plan, message = None, ""
-    if verified is not None:
-        summary["seconds"] = time.time() - session.start
-        plan = plan_for(ctx, verified, summary)
-    else:
-        best = feasible[0] if feasible else None
-        message = (f"no configuration faster than the baseline met {budget} on verification; best on the search seeds: "
-                   f"{best.user_attrs['label']} at {best.user_attrs['speedup']:.2f}x" if best else
-                   f"no configuration faster than the baseline met {budget} on the search seeds in {summary['trials']} trials"
-                   + _closest(study, budget))
-    summary_out = dict(summary, seconds=round(time.time() - session.start, 1),
-                       chosen_trial=verified.trial.number if verified else None,
-                       baseline_images=ctx.baseline.generated)
-    report = []
-    try:
-        if out is not None:
-            report = write_report(study, budget, out, summary_out["chosen_trial"], summary_out)
-        if plan is None:
-            raise BudgetNotMet(message + (f"; no plan written (report: {report[1]})" if report else ""))
-        if out is not None:
-            save_plan(plan, out)
-    except OSError as exc:
-        raise PlannerError(f"--out {out}: cannot write ({exc.strerror or exc}); the study is kept: "
-                           f"{recovery_command(session)}") from None
-    m = plan.measured
-    log(f"[planner] {'wrote ' + str(out) if out else 'plan'}: {m.speedup:.2f}x faster than the {settings.baseline_steps}-step baseline "
-        f"(95% CI {m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f}; counted work ratio "
-        f"{m.work_ratio if m.work_ratio is None else round(m.work_ratio, 3)}), {summary['trials']} trials, "
-        f"{time.time() - session.start:.0f}s, {ctx.baseline.generated} baseline images generated"
-        + (f"; report {report[1]}" if report else ""))
-    stats = {"baseline_images": ctx.baseline.generated, "candidate_images": ctx.candidate_images,
-             "decisions": ctx.decisions, "verifications": verifications,
-             "seconds": round(time.time() - session.start, 1)}
-    return OptimizeResult(plan, out, session.study_name, session.storage_desc, summary["trials"], report, stats=stats)
+        return select_and_write(session, log, recovery_command(session))

@@ -89,7 +89,8 @@ def write_report(study, budget, out_base: Path, chosen_trial: int | None, summar
           f"- trials: {sum(states.values())} ({', '.join(f'{k.lower()} {v}' for k, v in sorted(states.items()))})",
           f"- pruned when a clause was decided to fail: {sum('quality decided' in p for p in pruned)}, by the cost model: "
           f"{sum('cost model' in p for p in pruned)}, not applicable: {sum('applicable' in p for p in pruned)}",
-          *(f"- {k.replace('_', ' ')}: {v}" for k, v in summary.items() if k not in ("model", "trials")), "",
+          *(f"- {k.replace('_', ' ')}: {v}" for k, v in summary.items() if k not in ("model", "trials", "decisions")),
+          "", *decision_lines(summary.get("decisions")),
           "## Top trials (search seeds, point verdict; speed-up = baseline latency / plan latency, interleaved)",
           "", *table, "", f"![Pareto front]({png.name})", ""]
     report = out_base.with_suffix(".report.md")
@@ -109,3 +110,26 @@ t.innerHTML=h;</script></body></html>
 """)
     written.append(page)
     return written
+
+
+def decision_lines(decisions: dict | None) -> list[str]:
+    """The verified candidates: the search's verdict and estimate beside the verification's."""
+    if not decisions or not decisions.get("rows"):
+        return []
+    agreement = decisions.get("agreement")
+    out = ["## Search verdicts against the verification (unseen seeds)", "",
+           f"Estimator: {decisions['estimator']}. Agreement of verdicts: "
+           f"{'n/a' if agreement is None else f'{100 * agreement:.0f}%'}; mean search - verification: "
+           + (", ".join(f"{k} {v:+.3g}" for k, v in decisions.get("bias", {}).items()) or "n/a"), "",
+           "| trial | configuration | clause | search (n) | feasible | verification (n) | point | holds | why it failed |",
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def num(value, n):
+        return "-" if value is None else f"{value:.3g} ({n})"
+
+    for r in decisions["rows"]:
+        out.append(f"| {r['trial']} | {r['label']} | {r['clause']} | {num(r['search_value'], r['search_n'])} | "
+                   f"{'yes' if r['search_feasible'] else 'no'} | {num(r['verify_value'], r['verify_n'])} | "
+                   f"{'-' if r['verify_point'] is None else 'yes' if r['verify_point'] else 'no'} | "
+                   f"{'yes' if r['verify_holds'] else 'no'} | {r['why']} |")
+    return out + [""]

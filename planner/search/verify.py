@@ -33,6 +33,12 @@ class Verified:
     work_ratio: float | None
     setup_s: float
 
+    @property
+    def prediction_error(self) -> float | None:
+        """The trial's probe-scaled latency ratio over this end-to-end one, minus 1."""
+        predicted = self.trial.user_attrs.get("latency_ratio")
+        return None if not predicted else predicted / self.latency.ratio - 1.0
+
 
 def is_identity(techniques: list[dict], baseline_steps: int) -> bool:
     """The baseline itself: nothing but its own scheduler at its own step count. It holds any budget
@@ -79,12 +85,34 @@ def verify_one(ctx, objective, trial) -> tuple[Evaluation, Verified | None]:
     return evaluation, Verified(trial=trial, evaluation=evaluation, latency=latency, work_ratio=ratio, setup_s=setup)
 
 
-def verify_fastest(ctx, objective, trials, log) -> tuple[Verified | None, int]:
-    """Verify `trials` in order, at most MAX_VERIFICATIONS of them; the first that holds wins.
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    """One candidate sent to verification, and what came of it."""
+    trial: optuna.trial.FrozenTrial
+    evaluation: Evaluation | None
+    verified: Verified | None
+    why: str = ""            # why it failed (the clauses that did not hold), or why it could not run
+
+
+def _why_failed(evaluation: Evaluation) -> str:
+    out = []
+    for r in evaluation.results:
+        if not r.available:
+            out.append(f"{r.clause}: {r.message}")
+        elif not r.conservative and r.measured is not None:
+            m = r.measured
+            out.append(f"{r.clause}: {m.name} {m.value:+.3g} [{m.ci_low:.3g}, {m.ci_high:.3g}] at n={m.n}")
+    return "; ".join(out) or "did not hold"
+
+
+def verify_fastest(ctx, objective, trials, log, limit: int = MAX_VERIFICATIONS,
+                   seen: set | None = None) -> list[Attempt]:
+    """Verify `trials` in order, at most `limit` of them, until one holds (then it is the last attempt).
     TPE may propose one configuration several times; it is verified once (same rows, same verdict)."""
-    tried, seen = 0, set()
+    attempts: list[Attempt] = []
+    seen = set() if seen is None else seen
     for trial in trials:
-        if tried == MAX_VERIFICATIONS:
+        if len(attempts) == limit:
             break
         key = json.dumps(trial.user_attrs["techniques"], sort_keys=True)
         if key in seen:
@@ -96,12 +124,59 @@ def verify_fastest(ctx, objective, trials, log) -> tuple[Verified | None, int]:
         except NotApplicable as exc:  # e.g. a resumed study whose trial needs a package this worker lacks
             log(f"[planner]   cannot run here: {exc}")
             continue
-        tried += 1
+        attempts.append(Attempt(trial=trial, evaluation=evaluation, verified=verified,
+                                why="" if verified is not None else _why_failed(evaluation)))
         verdict = "holds" if verified is not None else "fails (conservative verdict)"
         log(f"[planner]   verification {verdict}:\n" + _indent(evaluation.table()))
         if verified is not None:
-            return verified, tried
-    return None, tried
+            break
+    return attempts
+
+
+def decisions_of(ctx, attempts: list[Attempt], estimator: str) -> dict:
+    """Search verdicts against verification verdicts over the verified candidates (plan `decisions`)."""
+    rows, agree = [], []
+    for a in attempts:
+        if a.evaluation is None:
+            continue
+        results = {str(r.clause): r for r in a.evaluation.results}
+        search_values = a.trial.user_attrs.get("metrics") or {}
+        search_n = a.trial.user_attrs.get("samples") or {}
+        feasible = bool(a.trial.user_attrs.get("feasible"))
+        points = []
+        for clause in ctx.budget:
+            r = results.get(str(clause))
+            point = None if r is None or r.measured is None else bool(r.point)
+            points.append(point)
+            rows.append(dict(trial=a.trial.number, label=a.trial.user_attrs.get("label", ""), clause=str(clause),
+                             search_value=search_values.get(str(clause)), search_n=search_n.get(str(clause)),
+                             search_feasible=feasible,
+                             verify_value=None if r is None or r.measured is None else r.measured.value,
+                             verify_n=None if r is None or r.measured is None else r.measured.n,
+                             verify_point=point, verify_holds=a.verified is not None, why=a.why))
+        if all(p is not None for p in points):
+            agree.append(feasible == all(points))
+    bias: dict[str, list[float]] = {}
+    for row in rows:
+        if row["search_value"] is not None and row["verify_value"] is not None:
+            bias.setdefault(row["clause"], []).append(row["search_value"] - row["verify_value"])
+    return {"estimator": estimator, "agreement": sum(agree) / len(agree) if agree else None,
+            "bias": {k: sum(v) / len(v) for k, v in bias.items()}, "rows": rows}
+
+
+def closest_attempt(attempts: list[Attempt]) -> str:
+    """The failed verification nearest its budget, for the message when no plan holds."""
+    best, gap = None, float("inf")
+    for a in attempts:
+        if a.evaluation is None:
+            continue
+        worst = max((r.measured.value - r.clause.bound if r.clause.upper_bound else r.clause.bound - r.measured.value)
+                    if r.measured is not None else float("inf") for r in a.evaluation.results)
+        if worst < gap:
+            best, gap = a, worst
+    if best is None:
+        return ""
+    return f"; closest on verification: {best.trial.user_attrs.get('label', '')} ({best.why}), {gap:.3g} past the bound"
 
 
 def plan_for(ctx, verified: Verified, summary: dict) -> Plan:

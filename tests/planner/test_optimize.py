@@ -102,7 +102,7 @@ def test_a_configuration_proposed_twice_is_verified_once(monkeypatch):
 
     def failing_verify(ctx, objective, trial):
         verified.append(trial.number)
-        return SimpleNamespace(table=lambda: "failed"), None
+        return SimpleNamespace(table=lambda: "failed", results=[]), None
 
     monkeypatch.setattr(opt, "verify_one", failing_verify)
 
@@ -114,8 +114,9 @@ def test_a_configuration_proposed_twice_is_verified_once(monkeypatch):
 
     trials = [trial(0, 4), trial(1, 4), trial(2, 6), trial(3, 4)] + [trial(4 + i, 8 + i) for i in range(6)]
     ctx = SimpleNamespace(settings=SimpleNamespace(verify_samples=10))
-    result, tried = opt.verify_fastest(ctx, None, trials, log=lambda text: None)
-    assert result is None and verified == [0, 2, 4, 5, 6] and tried == opt.MAX_VERIFICATIONS
+    attempts = opt.verify_fastest(ctx, None, trials, log=lambda text: None)
+    assert all(a.verified is None for a in attempts) and verified == [0, 2, 4, 5, 6]
+    assert len(attempts) == opt.MAX_VERIFICATIONS
 
 
 def test_every_frontier_point_is_tried_alone_then_with_the_exporter():
@@ -141,3 +142,34 @@ def test_a_busy_machine_is_named_before_the_search():
     assert busy_machine_warning(1.6, 2, 2, "") is None          # this process's own estimate, nothing else
     assert busy_machine_warning(3.0, 2, 2, "PASSIVE") is None   # threads that sleep do not spin
     assert busy_machine_warning(None, 2, 2, "") is None         # no load average on this platform
+
+
+def test_after_failed_verifications_the_search_steps_back_and_writes_a_plan(digits_unet, tmp_path, monkeypatch):
+    """Every candidate under 5 steps is made to fail its verification (as on a model whose search seeds
+    flatter few-step sampling): the search retries the failed configurations at more steps, verifies
+    again, and writes a plan; the plan records every verified candidate's two verdicts and why it failed,
+    and what the search cost in baseline-image equivalents."""
+    from planner.search import verify
+
+    real = verify.verify_one
+
+    def strict(ctx, objective, trial):
+        evaluation, verified = real(ctx, objective, trial)
+        steps = next(d["params"]["steps"] for d in trial.user_attrs["techniques"] if d["type"] == "sampler")
+        return evaluation, (verified if steps >= 5 else None)
+
+    monkeypatch.setattr(verify, "verify_one", strict)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.yaml"
+    assert main(["optimize", "digits-unet", "--budget", "psnr>=12", "--out", str(out), "--trials", "2", *FAST]) == 0
+    plan = load_plan(out)
+    assert plan.shapes.steps >= 5
+    decisions = plan.measured.decisions
+    failed = [r for r in decisions.rows if not r.verify_holds]
+    assert failed and all(r.why for r in failed) and decisions.rows[-1].verify_holds
+    # forced failures whose point verdict held: the search agreed with the verification's point verdicts
+    assert decisions.agreement == 1.0
+    cost = plan.measured.search_cost
+    assert cost.bie == pytest.approx(cost.wall_s / cost.baseline_image_s, rel=0.01) and cost.images > 0
+    assert cost.latency_prediction_error is not None
+    assert "Search verdicts against the verification" in (tmp_path / "p.report.md").read_text()

@@ -152,6 +152,6 @@ def test_older_plans_migrate_to_the_current_version(path):
     data["version"] = 2
     v2 = parse_plan(yaml.safe_dump(data))
     for plan in (v1, v2):
-        assert plan.version == PLAN_VERSION == 3
+        assert plan.version == PLAN_VERSION == 4
         assert [m.ci_level for m in plan.measured.metrics] == [0.95] * len(plan.measured.metrics)
     assert parse_plan(plan_to_yaml(v2)) == v2
