@@ -1,75 +1,118 @@
-"""What a decision costs: the fixed sample sizes of before against sequential decisions, same search.
+"""What a search costs, in baseline-image equivalents (BIE): the whole `planner optimize` wall time / the
+time of one baseline image at the search's batch, measured in the same process.
 
-    .venv/bin/python -m bench.search_cost                 # three configurations, about 40 minutes on 2 cores
-    .venv/bin/python -m bench.search_cost --quick         # plumbing only
+    .venv/bin/python -m bench.search_cost --before d8c2381      # this code against an earlier commit
+    .venv/bin/python -m bench.search_cost --quick               # plumbing only
 
-For each configuration (digits-unet at fid+2, digits-dit at psnr>=30, a tiny Stable Diffusion folder at
-64x64 pixels at psnr>=25), `planner optimize` runs twice with the same seeds, trials and settings: once
-with the fixed sizes (a 64-sample first stage that only prunes hopeless trials, then 200 per trial, 500 to
-verify, for every metric) and once with sequential decisions. Each run has a cache of its own, so the
-baseline images it generates count. Recorded: images generated (baseline and candidate), decisions
-taken, images per decision, wall time, the time the search estimated before starting; then both plans
-are timed side by side (rotating order, median of per-repeat ratios) and gated on seeds neither saw.
+For each configuration (digits-unet at fid+2, digits-dit at psnr>=30, the tiny SD at its native size and
+at 32x32 latents, the tiny PixArt and FLUX folders at psnr>=30), `planner optimize` runs with default
+settings on a cache of its own (the baseline images it needs count): once with this code, and with
+`--before COMMIT` once more with that commit's code (checked out into a git worktree and run in a
+subprocess, the same driver). The driver times one warm baseline batch after the search for the BIE
+denominator (this code also reports its own BIE, from the verification's timing: both are recorded).
+Then both plans are timed side by side (rotating order, median of per-repeat ratios) and gated on seeds
+neither saw. `--max-minutes` refuses a configuration whose up-front estimate is longer (recorded).
 Results: bench/results/search_cost.json and the README block between the bench.search_cost markers.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, environment, now, update_readme, write_json
+from bench.common import RESULTS, ROOT, environment, now, update_readme, write_json
 
-CONFIGS = {"digits-unet": "fid+2", "digits-dit": "psnr>=30", "tiny-sd-64": "psnr>=25"}
+CONFIGS = {"digits-unet": "fid+2", "digits-dit": "psnr>=30", "tiny-sd": "psnr>=30", "tiny-sd-64": "psnr>=25",
+           "tiny-pixart": "psnr>=30", "tiny-flux": "psnr>=30"}
+DEFAULT = "digits-unet,digits-dit,tiny-sd-64"
+
+# Runs inside the process of either version: the search, then one warm baseline batch for the BIE.
+DRIVER = r"""
+import json, sys, time
+from planner.search.context import SearchSettings
+from planner.search.optimize import optimize
+from planner.models import load_pipeline
+from ground.generation import default_request, generate
+from ground.errors import PlannerError
+args = json.loads(sys.argv[1])
+torch_threads = args.pop("threads_now")
+import torch
+torch.set_num_threads(torch_threads)
+start = time.time()
+try:
+    result = optimize(SearchSettings(**args), log=lambda text: print(text, file=sys.stderr, flush=True))
+except PlannerError as exc:
+    print(json.dumps({"error": str(exc), "seconds": time.time() - start}))
+    sys.exit(0)
+seconds = time.time() - start
+import planner.search.optimize as code
+print(f"[driver] code from {code.__file__}", file=sys.stderr)
+pipe = load_pipeline(args["name"])
+request = default_request(pipe, args.get("batch", 8), 920_000)
+steps = args.get("baseline_steps", 50)
+generate(pipe, request, steps=steps, batch_size=len(request))
+t = time.perf_counter(); generate(pipe, request, steps=steps, batch_size=len(request)); batch_s = time.perf_counter() - t
+stats = {k: v for k, v in result.stats.items() if k != "decision_rows"}
+print(json.dumps({"seconds": seconds, "baseline_image_s": batch_s / len(request), "plan": str(result.plan_path),
+                  "speedup": result.plan.measured.speedup, "stats": stats,
+                  "label": " + ".join(c.label() for c in result.plan.technique_configs())}, default=str))
+"""
 
 
 def _model(name: str, workdir: Path) -> str:
-    """A built-in name, or for tiny-sd-64 a saved folder: the tiny SD at 32x32 latents (64x64 pixels)."""
-    if name != "tiny-sd-64":
+    """A built-in name, or a saved tiny folder (tiny-sd-64: the tiny SD at 32x32 latents, 64x64 pixels)."""
+    if name in ("digits-unet", "digits-dit"):
         return name
-    folder = workdir / "tiny-sd-64"
+    folder = workdir / name
     if not folder.exists():
         from planner.demo.tiny_pipelines import build_tiny_pipeline
 
-        build_tiny_pipeline("sd", latent_size=32).save_pretrained(folder, safe_serialization=True)
+        family = name.removeprefix("tiny-").removesuffix("-64")
+        kwargs = {"latent_size": 32} if name.endswith("-64") else {}
+        build_tiny_pipeline(family, **kwargs).save_pretrained(folder, safe_serialization=True)
     return str(folder)
 
 
-def _run(model: str, budget: str, mode: str, args, workdir: Path, log) -> dict:
-    from planner.search.context import SearchSettings
-    from planner.search.optimize import optimize
+def _worktree(commit: str, workdir: Path) -> Path:
+    path = workdir / f"code-{commit}"
+    if not path.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
+                       capture_output=True)
+    return path
 
-    cache = workdir / f"cache-{Path(model).name}-{mode}"
-    os.environ["PLANNER_CACHE"] = str(cache)
-    lines = []
 
-    def capture(text):
-        lines.append(str(text))
-        log(text)
-
-    settings = SearchSettings(name=model, budget=budget, trials=args.trials, seed=0, threads=args.threads,
-                              sample_mode=mode, out=str(workdir / f"{Path(model).name}-{mode}.plan.yaml"),
-                              **({"samples": 16, "verify_samples": 16, "baseline_steps": 10, "batch": 2}
-                                 if args.quick else {}))
-    start = time.time()
-    result = optimize(settings, log=capture)
-    seconds = time.time() - start
-    estimate = next((float(m.group(1)) * (60 if m.group(2) == "min" else 1) for line in lines
-                     for m in [re.search(r"about ([0-9.]+) (min|s) in all", line)] if m), None)
-    stats = dict(result.stats)
-    images = stats["baseline_images"] + stats["candidate_images"]
-    return {"model": model, "budget": budget, "mode": mode, "seconds": round(seconds, 1), "estimate_s": estimate,
-            "images": images, **stats, "images_per_decision": round(images / max(stats["decisions"], 1), 1),
-            "plan": str(result.plan_path), "speedup": result.plan.measured.speedup,
-            "label": " + ".join(c.label() for c in result.plan.technique_configs())}
+def _run(model: str, budget: str, version: str, code: Path, args, workdir: Path, log) -> dict:
+    name = Path(model).name
+    settings = {"name": model, "budget": budget, "trials": args.trials, "seed": 0, "threads": args.threads,
+                "out": str(workdir / f"{name}-{version}.plan.yaml"), "max_minutes": args.max_minutes,
+                "threads_now": args.threads,
+                **({"samples": 16, "verify_samples": 16, "baseline_steps": 10, "batch": 2} if args.quick else {})}
+    env = dict(os.environ, PLANNER_CACHE=str(workdir / f"cache-{name}-{version}"), PYTHONPATH=str(code))
+    log(f"[search_cost] {name} {budget} with the {version} code ...")
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(settings)], cwd=code, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{version} search failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = {"model": model, "budget": budget, "version": version, **out}
+    if "error" not in out:
+        row["bie"] = round(out["seconds"] / out["baseline_image_s"], 1)
+        own = (out["stats"].get("search_cost") or {}).get("bie")
+        row["bie_own"] = own
+        log(f"[search_cost]   {out['seconds'] / 60:.1f} min = {row['bie']:.0f} BIE; plan {out['label']} "
+            f"{out['speedup']:.2f}x")
+    else:
+        log(f"[search_cost]   refused: {out['error']}")
+    return row
 
 
 def _side_by_side(model: str, plans: list[str], repeats: int, threads: int) -> dict:
-    """Both plans and the baseline timed in rotating order within each repeat; ratio of plan times."""
+    """Both plans timed in rotating order within each repeat; ratio of the after plan's time to the before's."""
     import numpy as np
     import torch
 
@@ -97,23 +140,24 @@ def _side_by_side(model: str, plans: list[str], repeats: int, threads: int) -> d
     for h in handles:
         h.remove()
     ratio, ci = median_ci(np.array(times[1]) / np.array(times[0]))
-    return {"sequential_over_fixed_time": ratio, "ci": list(ci), "repeats": repeats}
+    return {"after_over_before_time": ratio, "ci": list(ci), "repeats": repeats}
 
 
-def _gate(model: str, plan: str, samples: int | None) -> bool:
+def _gate(model: str, plan: str, quick: bool) -> bool:
     from planner.cli import main
 
-    argv = ["gate", plan, "--model", model] + (["--samples", str(samples)] if samples else [])
-    return main(argv) == 0
+    return main(["gate", plan, "--model", model] + (["--samples", "16"] if quick else [])) == 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.search_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of " + ", ".join(CONFIGS))
+    p.add_argument("--configs", default=DEFAULT, help="comma list of " + ", ".join(CONFIGS))
+    p.add_argument("--before", default=None, help="a commit whose search to measure beside this code's")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--max-minutes", type=float, default=45.0)
     p.add_argument("--quick", action="store_true", help="a few trials and samples: checks the plumbing")
     p.add_argument("--out", type=Path, default=RESULTS / "search_cost.json")
     p.add_argument("--update-readme", action="store_true")
@@ -124,51 +168,58 @@ def main(argv=None) -> int:
     def log(text):
         print(text, file=sys.stderr, flush=True)
 
-    rows, comparisons = [], []
-    started = time.time()
+    rows, comparisons, started = [], [], time.time()
     with tempfile.TemporaryDirectory(prefix="search-cost-") as tmp:
         workdir = Path(tmp)
-        for name in [c for c in args.configs.split(",") if c]:
-            model, budget = _model(name, workdir), CONFIGS[name]
-            pair = [_run(model, budget, mode, args, workdir, log) for mode in ("fixed", "sequential")]
-            rows += pair
-            os.environ["PLANNER_CACHE"] = str(workdir / "cache-gate")
-            comparison = {"model": name, "budget": budget,
-                          "images_fixed_over_sequential": pair[0]["images"] / max(pair[1]["images"], 1),
-                          "images_per_decision_fixed_over_sequential":
-                              pair[0]["images_per_decision"] / max(pair[1]["images_per_decision"], 1e-9),
-                          **_side_by_side(model, [pair[0]["plan"], pair[1]["plan"]], args.repeats, args.threads),
-                          "gate_fixed": _gate(model, pair[0]["plan"], 16 if args.quick else None),
-                          "gate_sequential": _gate(model, pair[1]["plan"], 16 if args.quick else None)}
-            comparisons.append(comparison)
-            write_json(args.out, {"created": now(), "environment": environment(args.threads), "quick": args.quick,
-                                  "rows": rows, "comparisons": comparisons,
-                                  "seconds": round(time.time() - started, 1)})
+        versions = [("after", ROOT)] + ([("before", _worktree(args.before, workdir))] if args.before else [])
+        try:
+            for name in [c for c in args.configs.split(",") if c]:
+                model, budget = _model(name, workdir), CONFIGS[name]
+                pair = {v: _run(model, budget, v, code, args, workdir, log) for v, code in versions}
+                rows += list(pair.values())
+                done = [r for r in pair.values() if "error" not in r]
+                os.environ["PLANNER_CACHE"] = str(workdir / "cache-gate")
+                comparison = {"model": name, "budget": budget,
+                              **{f"gate_{r['version']}": _gate(model, r["plan"], args.quick) for r in done}}
+                if len(done) == 2:
+                    comparison.update(_side_by_side(model, [pair["before"]["plan"], pair["after"]["plan"]],
+                                                    args.repeats, args.threads))
+                comparisons.append(comparison)
+                write_json(args.out, {"created": now(), "environment": environment(args.threads),
+                                      "quick": args.quick, "before": args.before, "rows": rows,
+                                      "comparisons": comparisons, "seconds": round(time.time() - started, 1)})
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
     if args.update_readme and not args.quick:
-        update_readme("bench.search_cost", readme_block(rows, comparisons))
-    for row in rows:
-        print(f"{row['model']:<40} {row['mode']:<10} images {row['images']:>6} decisions {row['decisions']:>4} "
-              f"per decision {row['images_per_decision']:>7} {row['seconds']:>7.0f}s (estimated {row['estimate_s']}) "
-              f"{row['speedup']:.2f}x {row['label']}")
+        update_readme("bench.search_cost", readme_block(rows, comparisons, args.before))
+    print(readme_block(rows, comparisons, args.before))
     return 0
 
 
-def readme_block(rows: list[dict], comparisons: list[dict]) -> str:
-    out = ["| model, budget | sizes | images generated | decisions | images / decision | wall time (estimated) "
-           "| plan speed-up | gate on fresh seeds |", "|---|---|---|---|---|---|---|---|"]
-    gates = {(c["model"], m): c[f"gate_{m}"] for c in comparisons for m in ("fixed", "sequential")}
-    names = {c["model"]: c["model"] for c in comparisons}
+def readme_block(rows: list[dict], comparisons: list[dict], before: str | None) -> str:
+    out = ["| model, budget | code | wall time | BIE | images generated | plan | speed-up | gate on fresh seeds |",
+           "|---|---|---|---|---|---|---|---|"]
+    gates = {(c["model"], v): c.get(f"gate_{v}") for c in comparisons for v in ("before", "after")}
     for row in rows:
-        name = next((n for n in names if n in row["model"] or row["model"].endswith(n)), Path(row["model"]).name)
-        est = f"{row['estimate_s'] / 60:.1f}" if row["estimate_s"] else "-"
-        out.append(f"| `{name}`, `{row['budget']}` | {row['mode']} | {row['images']} | {row['decisions']} | "
-                   f"{row['images_per_decision']} | {row['seconds'] / 60:.1f} min ({est}) | {row['speedup']:.2f}x | "
-                   f"{'PASS' if gates.get((name, row['mode'])) else 'FAIL'} |")
+        name = next((c["model"] for c in comparisons if Path(row["model"]).name == c["model"]
+                     or row["model"] == c["model"]), Path(row["model"]).name)
+        code = f"before ({before})" if row["version"] == "before" else "after"
+        if "error" in row:
+            out.append(f"| `{name}`, `{row['budget']}` | {code} | - | - | - | refused: {row['error'][:120]} | - | - |")
+            continue
+        stats = row["stats"]
+        images = stats.get("baseline_images", 0) + stats.get("candidate_images", 0) + \
+            sum((stats.get("timing_images") or {}).values())
+        gate = gates.get((name, row["version"]))
+        out.append(f"| `{name}`, `{row['budget']}` | {code} | {row['seconds'] / 60:.1f} min | {row['bie']:.0f} | "
+                   f"{images}{'' if stats.get('timing_images') else ' (quality only)'} | {row['label']} | "
+                   f"{row['speedup']:.2f}x | {'PASS' if gate else 'FAIL' if gate is not None else '-'} |")
     for c in comparisons:
-        out.append(f"\n`{c['model']}` at `{c['budget']}`: {c['images_fixed_over_sequential']:.1f}x fewer images in "
-                   f"all, {c['images_per_decision_fixed_over_sequential']:.1f}x fewer per decision; the sequential "
-                   f"plan's time / the fixed plan's, side by side: {c['sequential_over_fixed_time']:.2f} "
-                   f"(95% CI {c['ci'][0]:.2f}-{c['ci'][1]:.2f}, {c['repeats']} repeats).")
+        if "after_over_before_time" in c:
+            out.append(f"\n`{c['model']}` at `{c['budget']}`: the after plan's time / the before plan's, side by "
+                       f"side: {c['after_over_before_time']:.2f} (95% CI {c['ci'][0]:.2f}-{c['ci'][1]:.2f}, "
+                       f"{c['repeats']} repeats).")
     return "\n".join(out)
 
 

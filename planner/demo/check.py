@@ -1,6 +1,6 @@
 """Quality of the demo models as shipped (the README's table): label accuracy and FID at 50 DDIM steps.
 
-    python -m planner.demo.check [digits-unet digits-dit] [--n 500] [--threads 1] [--json out.json]
+    python -m planner.demo.check [digits-unet digits-dit FOLDER ...] [--n 500] [--threads 1] [--json out.json]
 
 Samples use seeds 10,000 onwards (50 per digit for N=500), away from the search and verification seeds;
 FID uses the digits feature network against the 360 held-out digits.
@@ -16,7 +16,11 @@ import torch
 
 
 def check(model: str, n: int = 500, seed: int = 10_000, steps: int = 50) -> dict:
+    """Label accuracy (class-conditional models) and FID against the held-out digits of any 1-channel
+    16x16 digits model: the demo models and the folders of planner/demo/folders.py (DDPMPipeline too)."""
     from ground.generation import default_request, generate
+    from planner.demo.data import digits_split
+    from planner.demo.features import DigitsFeatures
     from planner.models import load_pipeline
     from planner.quality.accuracy import accuracy
     from ground.anatomy import anatomy_of
@@ -29,11 +33,22 @@ def check(model: str, n: int = 500, seed: int = 10_000, steps: int = 50) -> dict
     start = time.time()
     images = generate(pipe, request, steps=steps, batch_size=100)
     anatomy = anatomy_of(pipe)
-    acc = accuracy(images, request.conditions, anatomy.label_classifier())
-    return dict(model=model, steps=steps, n=n, first_seed=seed, label_accuracy=acc.value,
-                label_accuracy_ci=[acc.ci_low, acc.ci_high],
-                fid_heldout=round(fid(extractor(images), extractor(anatomy.reference_images())), 3),
-                seconds=round(time.time() - start, 1))
+    reference = anatomy.reference_images()
+    if reference is None:   # not a demo pipeline: the same held-out digits
+        reference = (digits_split("held_out")[0] + 1) / 2
+    row = dict(model=model, steps=steps, n=n, first_seed=seed)
+    if anatomy.conditioning == "class":
+        acc = accuracy(images, request.conditions, anatomy.label_classifier())
+        row.update(label_accuracy=acc.value, label_accuracy_ci=[acc.ci_low, acc.ci_high])
+    else:
+        # No label asked for: how evenly the classifier finds the ten digits, and how sure it is.
+        probs = DigitsFeatures().logits(images).softmax(1)
+        shares = torch.bincount(probs.argmax(1), minlength=10).float() / n
+        row.update(min_class_share=round(shares.min().item(), 3),
+                   mean_confidence=round(probs.max(1).values.mean().item(), 3))
+    row.update(fid_heldout=round(fid(extractor(images), extractor(reference)), 3),
+               seconds=round(time.time() - start, 1))
+    return row
 
 
 def main() -> None:

@@ -44,21 +44,27 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_denoiser(kind: str, out_dir: Path, seed: int = 0, steps: int | None = None) -> dict:
-    from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    # What the denoiser learns to output; the samplers read the same prediction_type from the config.
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported prediction_type {kind!r}")
 
-    from planner.demo.pipeline import DigitsDiTPipeline, DigitsUNetPipeline
 
-    recipe = dict(RECIPES[kind])
-    if steps is not None:
-        recipe["steps"] = steps
-    torch.manual_seed(seed)
+def fit(model: torch.nn.Module, scheduler, recipe: dict, *, seed: int = 0, tag: str = "",
+        conditional: bool = True) -> tuple[torch.nn.Module, dict]:
+    """The denoiser training loop shared by the demo models and planner/demo/folders.py.
+
+    `recipe` gives steps, batch, lr, label_dropout and ema; the scheduler gives the noise schedule and
+    the prediction type. Returns the EMA model in eval mode and the training info. Seed the global RNG
+    before building `model` for reproducible initial weights.
+    """
     gen = torch.Generator().manual_seed(seed)
-    if kind == "unet":
-        model = UNet2DModel(**unet_config())
-    else:
-        model = DiTTransformer2DModel(**dit_config())
-    scheduler = DDPMScheduler(**scheduler_config())
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe["ema"]))
     images, labels = digits_split("train")
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.0)
@@ -70,14 +76,17 @@ def train_denoiser(kind: str, out_dir: Path, seed: int = 0, steps: int | None = 
             group["lr"] = _lr_at(step, recipe["steps"], recipe["lr"])
         idx = torch.randint(0, len(images), (recipe["batch"],), generator=gen)
         x0 = _augment(images[idx], gen)
-        y = labels[idx].clone()
-        drop = torch.rand(len(y), generator=gen) < recipe["label_dropout"]
-        y[drop] = NULL_CLASS
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(y),), generator=gen)
+        cond = {}
+        if conditional:
+            y = labels[idx].clone()
+            drop = torch.rand(len(y), generator=gen) < recipe["label_dropout"]
+            y[drop] = NULL_CLASS
+            cond["class_labels"] = y
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(xt, t, class_labels=y).sample, noise)
+        loss = F.mse_loss(model(xt, t, **cond).sample, _target(scheduler, x0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -86,15 +95,34 @@ def train_denoiser(kind: str, out_dir: Path, seed: int = 0, steps: int | None = 
         losses.append(loss.item())
         if step % 100 == 0 or step == recipe["steps"] - 1:
             recent = sum(losses[-100:]) / len(losses[-100:])
-            print(f"[{kind}] step {step:5d}  loss(avg100) {recent:.4f}  {time.time() - start:6.0f}s", flush=True)
+            print(f"[{tag}] step {step:5d}  loss(avg100) {recent:.4f}  {time.time() - start:6.0f}s", flush=True)
     final = ema.module.eval()
+    info = dict(**recipe, final_loss_avg100=sum(losses[-100:]) / len(losses[-100:]),
+                train_seconds=round(time.time() - start, 1),
+                parameters=sum(p.numel() for p in final.parameters()))
+    return final, info
+
+
+def train_denoiser(kind: str, out_dir: Path, seed: int = 0, steps: int | None = None) -> dict:
+    from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+
+    from planner.demo.pipeline import DigitsDiTPipeline, DigitsUNetPipeline
+
+    recipe = dict(RECIPES[kind])
+    if steps is not None:
+        recipe["steps"] = steps
+    torch.manual_seed(seed)
+    if kind == "unet":
+        model = UNet2DModel(**unet_config())
+    else:
+        model = DiTTransformer2DModel(**dit_config())
+    scheduler = DDPMScheduler(**scheduler_config())
+    final, trained = fit(model, scheduler, recipe, seed=seed, tag=kind)
     pipe_cls = DigitsUNetPipeline if kind == "unet" else DigitsDiTPipeline
     # Trained with the DDPM noise schedule; shipped with DDIM on it, the standard 50-step baseline.
     pipe = pipe_cls(final, DDIMScheduler.from_config(scheduler.config))
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    info = dict(kind=kind, seed=seed, **recipe, final_loss_avg100=sum(losses[-100:]) / len(losses[-100:]),
-                train_seconds=round(time.time() - start, 1),
-                parameters=sum(p.numel() for p in final.parameters()))
+    info = dict(kind=kind, seed=seed, **trained)
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

@@ -58,6 +58,7 @@ class SearchSettings:
     space: dict | None = None          # parameter name -> allowed values (search_spaces.compose.RestrictedTrial)
     max_minutes: float | None = None   # refuse when the estimate is longer
     sample_mode: str = "sequential"    # or "fixed": the fixed sizes of before (bench/search_cost.py compares)
+    fid_shift: bool = True             # FID decisions predict the verification's size (False: as measured; bench/decisions.py)
     out: str | None = None
     command: str = ""
 
@@ -171,7 +172,7 @@ class SearchContext:
         measured at), so that small-N looks in the search, the step frontier and the verification's own
         early looks predict it rather than a quantity biased differently for each candidate."""
         sizes = self.sizes["verify"].get("fid")
-        return None if sizes is None else sizes.cap
+        return None if sizes is None or not self.settings.fid_shift else sizes.cap
 
     def decide(self, phase: str, on_size=None, holds_at_cap_only: bool = False) -> tuple[Decision, torch.Tensor]:
         """The budget's verdict on the pipeline as it is now, on growing sample sizes (sequential).

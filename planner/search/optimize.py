@@ -53,7 +53,8 @@ from search_spaces.compose import within_space
 
 # Settings every worker of a study must share (they decide what a trial measures); stored in the study.
 MEASUREMENT = ("budget", "batch", "height", "width", "dtype", "negative_prompt", "samples", "verify_samples",
-               "baseline_steps", "guidance_scale", "seed", "features", "reference", "calls", "sample_mode")
+               "baseline_steps", "guidance_scale", "seed", "features", "reference", "calls", "sample_mode",
+               "fid_shift")
 PER_WORKER = ("storage", "study_name", "out", "threads", "timeout", "max_minutes", "command", "conditions")
 
 
