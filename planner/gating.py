@@ -21,6 +21,7 @@ GATE_SEED = 3_000_000  # fresh seeds: never the plan's search or verification se
 class GateResult:
     cases: list[tuple[str, bool, str]] = field(default_factory=list)   # (name, passed, detail)
     lines: list[str] = field(default_factory=list)                     # what to print
+    cost: dict = field(default_factory=dict)    # wall_s, baseline_image_s, bie (baseline-image equivalents), images
 
     @property
     def passed(self) -> bool:
@@ -38,6 +39,9 @@ def gate(pipe, plan, *, seed: int = GATE_SEED, samples: int | None = None, repea
     from planner.search.context import SearchContext, SearchSettings
     from planner.search.latency import interleaved_ratio
 
+    import time
+
+    start = time.time()
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     if plan.measured is None:
         from ground.errors import PlannerError
@@ -87,5 +91,11 @@ def gate(pipe, plan, *, seed: int = GATE_SEED, samples: int | None = None, repea
     result.cases.append(("speed-up", speed_ok, f"{latency.speedup:.3f}x measured (95% CI {latency.speedup_ci[0]:.3f}-"
                                                f"{latency.speedup_ci[1]:.3f}) vs floor {floor:.3f}x"))
     failed = [n for n, ok, _ in result.cases if not ok]
+    wall, image_s = time.time() - start, latency.baseline_s / max(s.batch, 1)
+    result.cost = {"wall_s": round(wall, 1), "baseline_image_s": image_s, "bie": round(wall / image_s, 1),
+                   "baseline_images_generated": ctx.baseline.generated, "candidate_images": ctx.candidate_images}
+    result.lines.append(f"gate cost: {wall:.0f} s = {wall / image_s:.0f} baseline-image equivalents "
+                        f"({ctx.baseline.generated} baseline images generated, the rest of its fixed seeds cached "
+                        f"in $PLANNER_CACHE; {ctx.candidate_images} candidate images)")
     result.lines.append("gate: PASS" if not failed else "gate: FAIL (" + ", ".join(failed) + ")")
     return result

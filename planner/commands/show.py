@@ -46,6 +46,17 @@ def describe(plan) -> str:
             lines.append(f"  {t(r.clause):<12} {t(r.metric)} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] ({r.ci_level:.2%} CI) n={r.n}{base} "
                          f"holds={'yes' if r.holds_conservative else 'no'}")
         lines.append(f"seeds: search {m.search_seeds[0]}+{m.search_seeds[1]}, verification {m.verify_seeds[0]}+{m.verify_seeds[1]}")
+        if m.decisions is not None:
+            d = m.decisions
+            failed = sum(1 for r in d.rows if not r.verify_holds) // max(1, len({r.clause for r in d.rows}))
+            agreement = "n/a" if d.agreement is None else f"{d.agreement:.0%}"
+            lines.append(f"decisions: {failed} verified candidate(s) failed before this one; search verdicts agreed "
+                         f"with the verification's {agreement}; search - verification "
+                         + (", ".join(f"{t(k)} {v:+.3g}" for k, v in d.bias.items()) or "n/a"))
+        if m.search_cost is not None:
+            c = m.search_cost
+            lines.append(f"search cost: {c.wall_s / 60:.1f} min = {c.bie:.0f} baseline-image equivalents "
+                         f"({c.images} images, {c.trials} trials)")
     lines.append(f"reproduce: {t(plan.provenance.command, 1000)}")
     return "\n".join(lines)
 

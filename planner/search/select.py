@@ -10,7 +10,7 @@ from ground.errors import BudgetNotMet, PlannerError
 from planner.plan import Decisions, SearchCost, save_plan
 from planner.search.report import write_report
 from planner.search.study import counted, finished
-from planner.search.verify import closest_attempt, decisions_of, feasible_trials, plan_for, verify_fastest
+from planner.search.verify import MAX_VERIFICATIONS, closest_attempt, decisions_of, feasible_trials, plan_for, verify_fastest
 
 # How the search's FID decisions are made (recorded in the plan's `decisions`; see Evaluator `fid_at`).
 FID_ESTIMATOR = "paired dFID, each side's finite-N bias moved to the verification's size (grouped jackknife)"
@@ -52,12 +52,24 @@ def _search_cost(session, verified) -> dict:
             "latency_prediction_error": None if error is None else round(error, 4)}
 
 
+def _retimed(session, feasible: list, log) -> list:
+    """The feasible trials in order of speed, where any that could go to verification but were timed under
+    contention (`timing.contended`: the probe stayed slow) are timed again first: torch and ONNX Runtime
+    slow by very different factors under load, so such a timing cannot rank them."""
+    values = {t.number: t.value for t in feasible}
+    for t in feasible[:MAX_VERIFICATIONS]:
+        if (t.user_attrs.get("timing") or {}).get("contended"):
+            values[t.number] = session.objective.retime(t)
+            log(f"[planner] trial {t.number} was timed under contention; timed again: ratio {values[t.number]:.4g}")
+    return sorted(feasible, key=lambda t: values[t.number])
+
+
 def _verify_with_step_back(session, log) -> list:
     """Verify the fastest feasible trials; when all fail, step back to more steps (step_back.py)."""
     from planner.search.step_back import step_back
 
     seen: set = set()
-    feasible = feasible_trials(session.study, session.settings.baseline_steps)
+    feasible = _retimed(session, feasible_trials(session.study, session.settings.baseline_steps), log)
     attempts = verify_fastest(session.ctx, session.objective, feasible, log, seen=seen)
     if (not attempts or attempts[-1].verified is None) and "sampler" in session.families and attempts:
         attempts += step_back(session, attempts, log, seen)

@@ -44,8 +44,10 @@ def test_optimize_writes_a_verified_plan_and_resumes(digits_unet, tmp_path, monk
     # only their native size: a plan of a search that asked for none asks for none).
     assert plan.shapes.width is None
     assert main(["run", str(out), "--n", "2", "--out", str(tmp_path / "grid.png")]) == 0
+    capsys.readouterr()
     assert main(["gate", str(out), "--samples", "16", "--repeats", "3", "--speed-tolerance", "0.9"]) == 0, \
         capsys.readouterr()
+    assert "baseline-image equivalents" in capsys.readouterr().out      # what the gate cost, in BIE
 
 
 def test_impossible_budget_exits_1_and_writes_no_plan(digits_unet, tmp_path, monkeypatch, capsys):

@@ -41,6 +41,10 @@ def test_save_is_atomic_when_interrupted(plan, tmp_path, monkeypatch):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+MEASURED = {"baseline_latency_s": 1.0, "plan_latency_s": 0.5, "speedup": 2.0, "latency_repeats": 3,
+            "search_seeds": [0, 64], "verify_seeds": [500000, 64]}
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d.update(colour="red"), "colour"),
     (lambda d: d["shapes"].update(batch="four"), "shapes.batch"),
@@ -50,6 +54,10 @@ def test_save_is_atomic_when_interrupted(plan, tmp_path, monkeypatch):
     (lambda d: d["model"].update(fingerprint="md5:abc"), "model.fingerprint"),
     (lambda d: d.update(version=99), "version"),
     (lambda d: d.pop("model"), "model"),
+    (lambda d: d.update(measured=dict(MEASURED, search_cost={"wall_s": 1, "baseline_image_s": 0.1, "bie": -3,
+                                                             "images": 1, "trials": 1})), "measured.search_cost.bie"),
+    (lambda d: d.update(measured=dict(MEASURED, decisions={"estimator": "x", "agreement": 1.5})),
+     "measured.decisions.agreement"),
 ])
 def test_bad_plans_name_the_field(plan, mutate, field):
     data = yaml.safe_load(plan_to_yaml(plan))
