@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from planner.demo.data import NUM_CLASSES, RESOLUTION
+from planner.demo.architectures import dit_config
+from planner.demo.data import RESOLUTION
 from planner.demo.train import fit
 
 KINDS = ("ddpm-v", "dit-b")
@@ -63,19 +64,8 @@ def unet_v_config() -> dict:
 
 
 def dit_b_config() -> dict:
-    # 6 blocks of width 192 on 4x4 patches: 16 tokens; ~4.6 M parameters, most of them in the MLPs.
-    return dict(
-        num_attention_heads=6,
-        attention_head_dim=32,
-        in_channels=1,
-        out_channels=1,
-        num_layers=6,
-        sample_size=RESOLUTION,
-        patch_size=4,
-        num_embeds_ada_norm=NUM_CLASSES,  # the label embedding adds the null class itself
-        norm_type="ada_norm_zero",
-        norm_num_groups=32,
-    )
+    # The demo DiT's layout with 6 blocks of width 192 on 4x4 patches: 16 tokens; ~4.6 M parameters.
+    return dict(dit_config(), num_attention_heads=6, num_layers=6, patch_size=4)
 
 
 def build_folder(kind: str, out_dir, *, steps: int | None = None, seed: int = 0, batch: int | None = None) -> dict:
