@@ -116,8 +116,8 @@ def run_model(name: str, args, folders: Path, log) -> dict:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(_model_path(name, folders, log))
     ctxs = _contexts(pipe, name, args)
-    names = [s for s in SAMPLERS if s in sampler_choices(pipe)]
-    steps = STEPS[:2] if args.quick else STEPS
+    names = [s for s in args.samplers.split(",") if s in sampler_choices(pipe)]
+    steps = STEPS[:2] if args.quick else tuple(int(k) for k in args.steps.split(","))
     rows, start = [], time.time()
     for sampler in names:
         for k in steps:
@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--folders", type=Path, default=None, help="where the folder models are (trained if absent)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--samplers", default=",".join(SAMPLERS))
+    p.add_argument("--steps", default=",".join(map(str, STEPS)))
+    p.add_argument("--append", action="store_true", help="keep the models already in --out (other models)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "decisions.json")
     p.add_argument("--update-readme", action="store_true")
@@ -156,6 +159,11 @@ def main(argv=None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     models, started = [], time.time()
+    if args.append and args.out.exists():
+        import json
+
+        names = set(args.models.split(","))
+        models = [m for m in json.loads(args.out.read_text())["models"] if m["model"] not in names]
     with tempfile.TemporaryDirectory(prefix="decisions-") as tmp:
         os.environ["PLANNER_CACHE"] = str(Path(tmp) / "cache")
         folders = args.folders or Path(tmp) / "folders"

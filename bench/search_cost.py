@@ -5,7 +5,9 @@ time of one baseline image at the search's batch, measured in the same process.
     .venv/bin/python -m bench.search_cost --quick               # plumbing only
 
 For each configuration (digits-unet at fid+2, digits-dit at psnr>=30, the tiny SD at its native size and
-at 32x32 latents, the tiny PixArt and FLUX folders at psnr>=30), `planner optimize` runs with default
+at 32x32 latents, the tiny PixArt and FLUX folders at psnr>=30, and `digits-ddpm-v` at fid+2: a folder
+outside the demo set, from $PLANNER_FOLDERS/digits-ddpm-v when there, else trained first by
+planner.demo.folders), `planner optimize` runs with default
 settings on a cache of its own (the baseline images it needs count): once with this code, and with
 `--before COMMIT` once more with that commit's code (checked out into a git worktree and run in a
 subprocess, the same driver). The driver times one warm baseline batch after the search for the BIE
@@ -28,8 +30,10 @@ from pathlib import Path
 from bench.common import RESULTS, ROOT, environment, now, update_readme, write_json
 
 CONFIGS = {"digits-unet": "fid+2", "digits-dit": "psnr>=30", "tiny-sd": "psnr>=30", "tiny-sd-64": "psnr>=25",
-           "tiny-pixart": "psnr>=30", "tiny-flux": "psnr>=30"}
+           "tiny-pixart": "psnr>=30", "tiny-flux": "psnr>=30", "digits-ddpm-v": "fid+2"}
+FOLDERS = Path(os.environ.get("PLANNER_FOLDERS", "/nonexistent"))   # trained folders (planner.demo.folders)
 DEFAULT = "digits-unet,digits-dit,tiny-sd-64"
+EXTRA = {"digits-ddpm-v": {"features": "digits"}}   # a 1-channel digits folder: the digits feature network
 
 # Runs inside the process of either version: the search, then one warm baseline batch for the BIE.
 DRIVER = r"""
@@ -68,6 +72,13 @@ def _model(name: str, workdir: Path) -> str:
     """A built-in name, or a saved tiny folder (tiny-sd-64: the tiny SD at 32x32 latents, 64x64 pixels)."""
     if name in ("digits-unet", "digits-dit"):
         return name
+    if name == "digits-ddpm-v":   # outside the demo set: a folder trained by planner.demo.folders
+        folder = FOLDERS / name if (FOLDERS / name / "model_index.json").exists() else workdir / name
+        if not folder.exists():
+            from planner.demo.folders import build_folder
+
+            build_folder("ddpm-v", folder)
+        return str(folder)
     folder = workdir / name
     if not folder.exists():
         from planner.demo.tiny_pipelines import build_tiny_pipeline
@@ -90,7 +101,7 @@ def _run(model: str, budget: str, version: str, code: Path, args, workdir: Path,
     name = Path(model).name
     settings = {"name": model, "budget": budget, "trials": args.trials, "seed": 0, "threads": args.threads,
                 "out": str(workdir / f"{name}-{version}.plan.yaml"), "max_minutes": args.max_minutes,
-                "threads_now": args.threads,
+                "threads_now": args.threads, **EXTRA.get(name, {}),
                 **({"samples": 16, "verify_samples": 16, "baseline_steps": 10, "batch": 2} if args.quick else {})}
     env = dict(os.environ, PLANNER_CACHE=str(workdir / f"cache-{name}-{version}"), PYTHONPATH=str(code))
     log(f"[search_cost] {name} {budget} with the {version} code ...")
@@ -99,7 +110,8 @@ def _run(model: str, budget: str, version: str, code: Path, args, workdir: Path,
     if proc.returncode != 0:
         raise RuntimeError(f"{version} search failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    row = {"model": model, "budget": budget, "version": version, **out}
+    planner_lines = [line for line in proc.stderr.splitlines() if line.startswith("[planner]")]
+    row = {"model": model, "budget": budget, "version": version, **out, "log": planner_lines[-40:]}
     if "error" not in out:
         row["bie"] = round(out["seconds"] / out["baseline_image_s"], 1)
         own = (out["stats"].get("search_cost") or {}).get("bie")
