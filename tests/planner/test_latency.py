@@ -9,7 +9,7 @@ import pytest
 
 from planner.search.latency import CONTENDED, interleaved_ratio, measure_anchor, probed_ratio
 
-FIXED, STEP = 0.010, 0.004   # a toy pipeline: fixed parts + seconds a step
+FIXED, STEP = 0.020, 0.008   # a toy pipeline: fixed parts + seconds a step (long enough that sleep jitter is small)
 
 
 def _toy(steps):
@@ -35,15 +35,15 @@ def _python_work():
 
 
 def test_the_contention_guard_fires_with_burner_processes():
-    """Burners on every core (four per core): the probe runs several times slower than it did for the
+    """Burners on every core (six per core): the probe runs several times slower than it did for the
     anchor, so the timing is retried, then flagged, never taken as it is. (With torch's OpenMP threads the
     slowdown is far larger, 21-36x on 2 cores with one busy core; a pure-Python probe keeps this test
     independent of the thread runtime.)"""
     anchor = measure_anchor(_python_work, _python_work, repeats=3)
     burners = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 60\n"
-                                 "while time.time() < end: pass"]) for _ in range(4 * (os.cpu_count() or 2))]
+                                 "while time.time() < end: pass"]) for _ in range(6 * (os.cpu_count() or 2))]
     try:
-        time.sleep(1.0)
+        time.sleep(1.5)
         probed = probed_ratio(_python_work, _python_work, anchor, repeats=3, pause_s=0.1, retries=1)
     finally:
         for b in burners:
