@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from planner.demo.architectures import dit_config
-from planner.demo.data import RESOLUTION
+from planner.demo.architectures import dit_config, unet_config
 from planner.demo.train import fit
 
 KINDS = ("ddpm-v", "dit-b")
@@ -49,18 +48,13 @@ def scheduler_config(kind: str) -> dict:
 
 
 def unet_v_config() -> dict:
-    # ~1.8 M parameters, unconditional; attention only at 4x4, where it is cheap.
-    return dict(
-        sample_size=RESOLUTION,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 96),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        attention_head_dim=32,
-        norm_num_groups=16,
-    )
+    # The demo UNet's layout, unconditional, narrower at the bottom (~1.8 M parameters), attention only at
+    # 4x4, where it is cheap.
+    config = dict(unet_config(), block_out_channels=(32, 64, 96),
+                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+    del config["num_class_embeds"]
+    return config
 
 
 def dit_b_config() -> dict:
