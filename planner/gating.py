@@ -11,6 +11,7 @@ techniques suspended for the baseline's runs); it has regressed when even the up
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -38,8 +39,6 @@ def gate(pipe, plan, *, seed: int = GATE_SEED, samples: int | None = None, repea
     from planner.quality.evaluate import Evaluation
     from planner.search.context import SearchContext, SearchSettings
     from planner.search.latency import interleaved_ratio
-
-    import time
 
     start = time.time()
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
